@@ -1,0 +1,28 @@
+"""SD KL-f8 VAE decoder (post_quant_conv + decoder, LDM key names). decode(z) = decoder(post_quant_conv(z / scale))."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class VAEDecoderConfig:
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2  # the decoder has num_res_blocks + 1 per level
+    z_channels: int = 4
+    embed_dim: int = 4
+    out_ch: int = 3
+    norm_groups: int = 32
+    scaling_factor: float = 0.18215
+
+    @property
+    def downscale(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+
+VAE_PRESETS: dict[str, VAEDecoderConfig] = {
+    "ms-1.7b": VAEDecoderConfig(),
+    "zeroscope-576w": VAEDecoderConfig(),
+    "tiny": VAEDecoderConfig(ch=32, ch_mult=(1, 2, 2, 2), num_res_blocks=1),
+}
