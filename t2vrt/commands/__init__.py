@@ -1,0 +1,51 @@
+"""The CLI's subcommands, one module each, and the error handling they share."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from t2vrt.errors import T2VError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def reports_errors(fn: F) -> F:
+    """Turn a T2VError into one line on stderr and its exit code (2 usage, 1 runtime); never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except T2VError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+_NAMES = ("info", "export", "plan", "build", "generate", "bench")
+
+
+def _load() -> list[click.Command]:
+    commands = []
+    for name in _NAMES:
+        try:
+            module = importlib.import_module(f"t2vrt.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"t2vrt.commands.{name}":
+                continue  # not written yet
+            raise
+        commands.append(module.command)
+    return commands
+
+
+COMMANDS = _load()
