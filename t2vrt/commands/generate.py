@@ -1,0 +1,84 @@
+"""`t2vrt generate PROMPT --bundle B -o out.mp4`: one video from a prompt, defaults from the bundle."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from t2vrt.commands import reports_errors
+from t2vrt.errors import UsageError
+
+
+@click.command("generate")
+@click.argument("prompt")
+@click.option("--bundle", "-b", required=True, type=click.Path(path_type=Path), help="Bundle directory (t2vrt export).")
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("t2vrt.mp4"), show_default=True,
+              help="Output: .mp4, .webm, .gif, or a directory (PNG frames).")
+@click.option("--negative", default=None, help="Negative prompt (default: the bundle's, usually empty).")
+@click.option("--frames", type=int, default=None, help="Frames (default: the bundle's).")
+@click.option("--height", type=int, default=None, help="Height in pixels, a multiple of 64.")
+@click.option("--width", type=int, default=None, help="Width in pixels, a multiple of 64.")
+@click.option("--steps", type=int, default=None, help="Denoising steps.")
+@click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale (>= 1).")
+@click.option("--eta", type=float, default=0.0, show_default=True, help="DDIM eta (0 = deterministic).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--scheduler", type=click.Choice(["ddim", "dpm++"]), default="ddim", show_default=True)
+@click.option("--fps", type=int, default=None, help="Frames per second of the file (default: the bundle's, 8).")
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "onnxruntime-cuda", "onnxruntime-cpu"]),
+              default="auto", show_default=True)
+@click.option("--guidance-batch", type=click.IntRange(1, 2), default=None,
+              help="2: cond+uncond in one UNet call; 1: two calls, less memory (default: the engine plan's or 2).")
+@click.option("--vae-chunk", type=click.IntRange(0), default=None, help="Frames per VAE call (0 = all).")
+@click.option("--latents", "latents_file", type=click.Path(path_type=Path), default=None,
+              help="Initial noise as a .npy of shape (1, 4, frames, height/8, width/8), instead of --seed's.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@reports_errors
+def command(prompt: str, bundle: Path, output: Path, negative: str | None, frames: int | None, height: int | None,
+            width: int | None, steps: int | None, guidance: float | None, eta: float, seed: int, scheduler: str,
+            fps: int | None, backend: str, guidance_batch: int | None, vae_chunk: int | None,
+            latents_file: Path | None, overwrite: bool, quiet: bool) -> None:
+    """Generate a video for PROMPT with a bundle's engines."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from t2vrt.runtime.pipeline import Pipeline
+    from t2vrt.runtime.video import check_output_path
+
+    check_output_path(output, overwrite=overwrite)  # fail before minutes of work, not after
+    if fps is not None and not 1 <= fps <= 240:
+        raise UsageError(f"--fps must be in 1..240, got {fps}")
+    latents = None
+    if latents_file is not None:
+        try:
+            latents = np.load(latents_file, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--latents {str(latents_file)!r}: not a readable .npy array ({e})") from None
+
+    with Pipeline.from_bundle(bundle, backend=backend) as pipe:
+        click.echo(f"backend: {pipe.selection_note}", err=True)
+        bar = tqdm(total=None, desc="denoising", unit="step", disable=quiet, file=sys.stderr)
+
+        def on_step(i: int, n: int) -> None:
+            bar.total = n
+            bar.update(1)
+
+        video = pipe(prompt, negative_prompt=negative, num_frames=frames, height=height, width=width,
+                     num_inference_steps=steps, guidance_scale=guidance, eta=eta, seed=seed, latents=latents,
+                     scheduler=scheduler, guidance_batch=guidance_batch, vae_chunk=vae_chunk, callback=on_step)
+        bar.close()
+    t0 = time.perf_counter()
+    path = video.save(output, fps=fps, overwrite=overwrite)
+    video.timings["write"] = time.perf_counter() - t0
+    o = video.options
+    t = video.timings
+    click.echo(
+        f"{o.num_frames} frames {o.width}x{o.height}, {o.num_inference_steps} {o.scheduler} steps, guidance "
+        f"{o.guidance_scale:g}, seed {o.seed} on {video.backend}\n"
+        f"  text encode {t['text_encode']:.2f} s | denoise {t['denoise']:.2f} s ({t['step'] * 1000:.0f} ms/step) | "
+        f"decode {t['decode']:.2f} s | write {t['write']:.2f} s"
+    )
+    click.echo(f"wrote {path}")

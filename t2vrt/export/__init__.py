@@ -1,0 +1,1 @@
+"""Export stage: checkpoint -> bundle (ONNX per component + manifest + tokenizer), validated against PyTorch."""
