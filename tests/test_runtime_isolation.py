@@ -1,0 +1,29 @@
+"""The runtime never imports torch, onnx or t2vrt.models (STYLE.md): checked in a fresh interpreter."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+FORBIDDEN = ("torch", "onnx", "t2vrt.models", "open_clip", "diffusers", "transformers")
+
+
+def _leaks(code: str) -> list[str]:
+    probe = code + f"\nimport json, sys\nprint(json.dumps([m for m in {FORBIDDEN!r} if m in sys.modules]))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_runtime_modules_import_without_torch() -> None:
+    code = (
+        "import t2vrt, t2vrt.runtime, t2vrt.runtime.pipeline, t2vrt.runtime.select, t2vrt.runtime.onnxruntime_backend,"
+        " t2vrt.runtime.tensorrt_backend, t2vrt.runtime.schedulers, t2vrt.runtime.tokenizer, t2vrt.runtime.video,"
+        " t2vrt.cli\nfrom t2vrt import Pipeline"
+    )
+    assert _leaks(code) == []
+
+
+def test_probe_detects_a_leak() -> None:
+    """The check above can fail: importing torch is seen."""
+    assert "torch" in _leaks("import torch")
