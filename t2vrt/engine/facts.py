@@ -1,0 +1,99 @@
+"""Everything the planner reads, from a bundle (or, to plan before exporting, a model preset name)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from t2vrt import iospec
+from t2vrt.engine import store
+from t2vrt.engine.planner import MAX_VAE_CHUNK, Plan, Request, parse_bytes, plan
+from t2vrt.engine.sizes import Sizes, analytic_sizes, bundle_sizes
+from t2vrt.errors import UsageError
+from t2vrt.manifest import Manifest, load_manifest
+
+
+@dataclass(frozen=True)
+class Facts:
+    name: str  # the bundle path or preset name
+    io: dict[str, iospec.IOSpec]
+    sizes: Sizes
+    downscale: int
+    multiple: int  # height/width must be multiples of this (latent downscale x UNet downsampling)
+    defaults: Mapping[str, Any]
+    manifest: Manifest | None
+
+
+def _multiple(model_cfg: Mapping[str, Any], downscale: int) -> int:
+    levels: int = len(model_cfg["unet"]["channel_mult"])
+    return downscale << (levels - 1)
+
+
+def preset_facts(name: str) -> Facts:
+    from t2vrt.models.presets import PRESETS  # configs only: no torch
+
+    if name not in PRESETS:
+        raise UsageError(f"{name!r} is neither a bundle directory nor a model preset ({', '.join(PRESETS)})")
+    cfg = PRESETS[name]
+    d = cfg.to_dict()
+    te, u, v = cfg.text_encoder, cfg.unet, cfg.vae
+    io = {
+        "text_encoder": iospec.text_encoder_spec(te.context_length, te.width),
+        "unet": iospec.unet_spec(u.in_channels, u.out_channels, te.context_length, u.context_dim),
+        "vae_decoder": iospec.vae_decoder_spec(v.z_channels, v.downscale, v.out_ch),
+    }
+    return Facts(name, io, analytic_sizes(d), v.downscale, _multiple(d, v.downscale), d["defaults"], None)
+
+
+def bundle_facts(bundle: Path, calibrate: Request | None = None, target: store.Target | None = None) -> Facts:
+    """A bundle's facts; activations calibrated by ONNX liveness at `calibrate`; measured memory from `target`'s engines."""
+    m = load_manifest(bundle)
+    if "fp16" not in m.precisions:
+        raise UsageError(f"bundle {bundle} has no fp16 ONNX: re-export it with --precision fp16 to plan TensorRT engines")
+    cfg = m.raw["model"]["config"]
+    downscale = int(m.latent["downscale"])
+    at = None
+    if calibrate is not None:
+        lh, lw = calibrate.height // downscale, calibrate.width // downscale
+        at = {
+            "text_encoder": {"text_batch": 2},
+            "unet": {"batch": 2, "frames": calibrate.frames, "latent_height": lh, "latent_width": lw},
+            "vae_decoder": {"vae_batch": min(calibrate.frames, MAX_VAE_CHUNK), "latent_height": lh, "latent_width": lw},
+        }
+    sizes = bundle_sizes(m, at)
+    if target is not None:
+        sizes = replace(sizes, measured=store.measured_memory(bundle, target))
+    io = {n: c.io for n, c in m.components.items()}
+    return Facts(str(bundle), io, sizes, downscale, _multiple(cfg, downscale), m.defaults, m)
+
+
+def request_from(facts: Facts, frames: int | None, height: int | None, width: int | None, dynamic: bool) -> Request:
+    d = facts.defaults
+    return Request(
+        int(frames or d["num_frames"]), int(height or d["height"]), int(width or d["width"]), dynamic
+    )
+
+
+def load_facts(source: str, calibrate: Request | None = None, target: store.Target | None = None) -> Facts:
+    path = Path(source)
+    if path.is_dir():
+        return bundle_facts(path, calibrate, target)
+    return preset_facts(source)
+
+
+def make_plan(facts: Facts, req: Request, vram: int) -> Plan:
+    return plan(facts.io, facts.sizes, req, vram, facts.downscale, facts.multiple)
+
+
+def vram_option(text: str | None) -> tuple[int, str]:
+    """--vram given, or this card's free memory; (bytes, where it came from)."""
+    if text:
+        return parse_bytes(text), "--vram"
+    from t2vrt.engine.device import detect_gpu
+
+    gpu = detect_gpu()
+    if gpu is None:
+        raise UsageError("no NVIDIA GPU detected: give the card's memory with --vram (e.g. --vram 6GiB)")
+    return gpu.free_bytes, f"free memory on {gpu.name}"

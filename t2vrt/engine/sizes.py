@@ -1,0 +1,67 @@
+"""What the planner needs to know about a bundle: each engine's weight bytes and its activation bytes at any shape.
+
+Three sources, best last:
+- `analytic`: from the model config (t2vrt/engine/analytic.py), for any bundle or for a preset with no export;
+- `onnx`: the analytic model scaled, per engine, by the ONNX liveness estimate over the exported fp16 graph at the
+  requested shapes (the graph's real op order; one shape inference per engine, then any shape is cheap);
+- `measured`: TensorRT's device_memory_size_v2 of an engine already built at exactly these shapes (plan.json).
+Estimates carry the planner's margin; measured figures do not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from t2vrt.engine import analytic
+from t2vrt.manifest import Manifest
+
+ActivationFn = Callable[[str, Mapping[str, int]], int]
+
+
+def dims_key(dims: Mapping[str, int]) -> str:
+    return ",".join(f"{k}={dims[k]}" for k in sorted(dims))
+
+
+@dataclass(frozen=True)
+class Sizes:
+    weights: dict[str, int]  # bytes of fp16 weights per engine
+    estimate: ActivationFn  # estimated activation bytes (before margin) per engine at the given symbol sizes
+    source: str  # "analytic" | "onnx"
+    measured: dict[str, dict[str, int]] = field(default_factory=dict)  # engine -> dims_key -> device memory bytes
+    calibration: dict[str, float] = field(default_factory=dict)  # engine -> liveness / analytic at the request
+
+    def measured_for(self, component: str, dims: Mapping[str, int]) -> int | None:
+        return self.measured.get(component, {}).get(dims_key(dims))
+
+
+def analytic_sizes(model_cfg: Mapping[str, Any]) -> Sizes:
+    """Sizes of a model config with no export at all (weights as fp16 parameter counts)."""
+
+    def estimate(component: str, dims: Mapping[str, int]) -> int:
+        return analytic.activation_bytes(model_cfg, component, dims)
+
+    return Sizes(analytic.weight_bytes(model_cfg), estimate, "analytic")
+
+
+def bundle_sizes(
+    manifest: Manifest, calibrate_at: Mapping[str, Mapping[str, int]] | None = None, precision: str = "fp16"
+) -> Sizes:
+    """Weights from the bundle's fp16 files; activations analytic, calibrated per engine by ONNX liveness at
+    `calibrate_at[engine]` (symbol sizes) when given. Measured device memory is added by the store."""
+    model_cfg = manifest.raw["model"]["config"]
+    weights = {name: c.file(precision).bytes for name, c in manifest.components.items()}
+    scale: dict[str, float] = {}
+    for name, dims in (calibrate_at or {}).items():
+        from t2vrt.engine.liveness import liveness, load_graph  # onnx only when calibrating
+
+        comp = manifest.components[name]
+        live = liveness(load_graph(comp.file(precision).path), comp.io.shapes(dims))
+        guess = analytic.activation_bytes(model_cfg, name, dims)
+        scale[name] = live.peak_bytes / guess if guess else 1.0
+
+    def estimate(component: str, dims: Mapping[str, int]) -> int:
+        return int(analytic.activation_bytes(model_cfg, component, dims) * scale.get(component, 1.0))
+
+    return Sizes(weights, estimate, "onnx" if scale else "analytic", calibration=scale)
