@@ -43,7 +43,7 @@ def bytes_to_unicode() -> dict[int, str]:
 
 
 def default_bpe_path() -> Path:
-    from open_clip.tokenizer import default_bpe
+    from open_clip.tokenizer import default_bpe  # type: ignore[import-untyped]
 
     return Path(default_bpe())
 

@@ -1,0 +1,203 @@
+"""Decoded frames -> uint8 -> a video file (.mp4, .webm, .gif) or a directory of PNGs, written atomically.
+
+Torch-free: numpy, imageio (Pillow plugin) and imageio-ffmpeg's bundled ffmpeg, run as a subprocess so its exit
+status is checked. Every output is written under a hidden temp name beside the target and renamed at the end: an
+interrupted or failed write never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from t2vrt.errors import T2VError, UsageError
+
+# extension -> (codec, extra ffmpeg output options); all yuv420p, the pixel format every player decodes.
+FFMPEG_FORMATS = {
+    ".mp4": ("libx264", ["-crf", "17", "-preset", "medium", "-movflags", "+faststart"]),
+    ".webm": ("libvpx-vp9", ["-crf", "24", "-b:v", "0", "-row-mt", "1", "-deadline", "good", "-cpu-used", "2"]),
+}
+EXTENSIONS = (*FFMPEG_FORMATS, ".gif")
+ALLOWED = ", ".join(EXTENSIONS) + ", or a directory of PNG frames (a path without extension, or ending in '/')"
+FRAME_GLOB = "frame_*.png"
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Decoded frames [n, 3, h, w] in [-1, 1] -> uint8 [n, h, w, 3], as the original's tensor2vid.
+
+    x * 0.5 + 0.5 (= (x + 1) / 2 exactly in binary floating point), clamp to [0, 1], * 255, then truncation to
+    uint8 (numpy's astype), in float32: modelscope's tensor2vid and diffusers' export_to_video both truncate, they
+    do not round. NaN (never expected from a healthy decoder) becomes 0.
+    """
+    x = np.asarray(images)
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"expected decoded frames [n, 3, h, w], got shape {x.shape}")
+    x = np.nan_to_num(x.astype(np.float32, copy=False), nan=-1.0)
+    x = np.clip(x * np.float32(0.5) + np.float32(0.5), 0.0, 1.0) * np.float32(255.0)
+    return np.ascontiguousarray(x.astype(np.uint8).transpose(0, 2, 3, 1))  # (n, h, w, 3)
+
+
+def output_kind(path: str | os.PathLike[str]) -> str:
+    """".mp4" | ".webm" | ".gif" | "dir" from the path's form; UsageError for anything else."""
+    raw = os.fspath(path)
+    if raw.endswith(("/", os.sep)):
+        return "dir"
+    suffix = Path(raw).suffix.lower()
+    if not suffix:
+        return "dir"
+    if suffix not in EXTENSIONS:
+        raise UsageError(f"unknown video format {suffix!r} in {raw}; allowed: {ALLOWED}")
+    return suffix
+
+
+def _check_frames(frames: np.ndarray, kind: str) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+        raise UsageError(f"frames must be uint8 [frames, height, width, 3] with at least one frame, got "
+                         f"{frames.dtype} {frames.shape} (use to_uint8 on decoded frames)")
+    h, w = frames.shape[1:3]
+    if kind in FFMPEG_FORMATS and (h % 2 or w % 2):
+        raise UsageError(f"{kind} (yuv420p) needs an even width and height, got {w}x{h}; use .gif or a directory")
+    return np.ascontiguousarray(frames)
+
+
+def _prepare_parent(parent: Path) -> None:
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create output directory {parent}: {e.strerror or e}") from e
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"output directory {parent} is not writable")
+
+
+def _is_frames_dir(path: Path) -> bool:
+    return path.is_dir() and all(p.is_file() and p.match(FRAME_GLOB) for p in path.iterdir())
+
+
+def _write_ffmpeg(frames: np.ndarray, tmp: Path, fps: float, kind: str) -> None:
+    import imageio_ffmpeg  # type: ignore[import-untyped]
+
+    try:
+        exe = imageio_ffmpeg.get_ffmpeg_exe()
+    except RuntimeError as e:
+        raise T2VError(f"no ffmpeg found to write {kind}: {e}") from e
+    codec, opts = FFMPEG_FORMATS[kind]
+    n, h, w, _ = frames.shape
+    rate = str(Fraction(fps).limit_denominator(1001))
+    cmd = [exe, "-nostdin", "-y", "-loglevel", "error",
+           "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", rate, "-i", "-",
+           "-an", "-c:v", codec, "-pix_fmt", "yuv420p", *opts, str(tmp)]  # fmt: skip
+    proc = subprocess.run(cmd, input=frames.tobytes(), capture_output=True, check=False)
+    if proc.returncode != 0 or not tmp.is_file() or tmp.stat().st_size == 0:
+        err = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise T2VError(f"ffmpeg failed writing {kind} (exit {proc.returncode}): {err[-1] if err else 'no output'}")
+
+
+def _write_gif(frames: np.ndarray, tmp: Path, fps: float) -> None:
+    import imageio.v3 as iio
+
+    # Pillow quantizes each frame to its own 256-colour palette, and merges identical consecutive frames into one
+    # longer frame (same playback, fewer frames). GIF stores delays in 1/100 s.
+    iio.imwrite(tmp, list(frames), plugin="pillow", extension=".gif", duration=1000.0 / fps, loop=0)
+
+
+def _write_pngs(frames: np.ndarray, tmp: Path) -> None:
+    import imageio.v3 as iio
+
+    tmp.mkdir()
+    digits = max(4, len(str(len(frames) - 1)))
+    for i, frame in enumerate(frames):
+        iio.imwrite(tmp / f"frame_{i:0{digits}d}.png", frame, plugin="pillow", extension=".png")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def save_video(
+    frames: np.ndarray, path: str | os.PathLike[str], fps: float = 8, overwrite: bool = False
+) -> Path:
+    """Write uint8 frames [f, h, w, 3] to `path`; the format comes from the extension (see ALLOWED).
+
+    Returns the final path. Existing output is an error unless overwrite=True (a directory is only replaced when
+    it holds nothing but frame_*.png files). The original release writes mp4 at 8 fps.
+    """
+    kind = output_kind(path)
+    frames = _check_frames(frames, kind)
+    if not (isinstance(fps, (int, float)) and not isinstance(fps, bool) and 0 < fps <= 1000):
+        raise UsageError(f"fps must be a number in (0, 1000], got {fps!r}")
+    target = Path(os.fspath(path).rstrip("/" + os.sep) or ".").absolute()
+    if target.exists() or target.is_symlink():
+        if not overwrite:
+            raise UsageError(f"{target} already exists; pass --overwrite (overwrite=True) to replace it")
+        if kind == "dir" and not _is_frames_dir(target):
+            raise UsageError(f"{target} exists and is not a directory of {FRAME_GLOB} frames; not replacing it")
+        if kind != "dir" and target.is_dir():
+            raise UsageError(f"{target} is a directory; cannot replace it with a {kind} file")
+    _prepare_parent(target.parent)
+
+    tag = uuid.uuid4().hex[:8]
+    suffix = "" if kind == "dir" else kind  # keep the extension: ffmpeg and Pillow pick the container from it
+    tmp = target.with_name(f".{target.name}.partial-{tag}{suffix}")
+    old = target.with_name(f".{target.name}.old-{tag}")
+    try:
+        if kind in FFMPEG_FORMATS:
+            _write_ffmpeg(frames, tmp, float(fps), kind)
+        elif kind == ".gif":
+            _write_gif(frames, tmp, float(fps))
+        else:
+            _write_pngs(frames, tmp)
+        if kind == "dir" and target.exists():
+            os.replace(target, old)  # a directory cannot be atomically replaced: move the old one aside first
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            if old.exists():
+                os.replace(old, target)  # put the previous output back
+            raise
+    except OSError as e:
+        raise T2VError(f"cannot write {target}: {e.strerror or e}") from e
+    finally:
+        _remove(tmp)
+    _remove(old)
+    return target
+
+
+def read_video(path: str | os.PathLike[str]) -> np.ndarray:
+    """Frames back as uint8 [f, h, w, 3] from any format save_video writes."""
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"no such video: {p}")
+    if p.is_dir():
+        files = sorted(p.glob(FRAME_GLOB))
+        if not files:
+            raise UsageError(f"{p} holds no {FRAME_GLOB} frames")
+        import imageio.v3 as iio
+
+        return np.stack([iio.imread(f, plugin="pillow", mode="RGB") for f in files])
+    kind = p.suffix.lower()
+    if kind == ".gif":
+        import imageio.v3 as iio
+
+        frames = iio.imread(p, plugin="pillow", index=None, mode="RGB")
+        return np.asarray(frames, dtype=np.uint8).reshape(-1, *frames.shape[-3:])
+    if kind in FFMPEG_FORMATS:
+        import imageio_ffmpeg
+
+        gen = imageio_ffmpeg.read_frames(str(p), pix_fmt="rgb24")
+        meta = next(gen)
+        w, h = meta["size"]
+        data = [np.frombuffer(b, dtype=np.uint8).reshape(h, w, 3) for b in gen]
+        if not data:
+            raise T2VError(f"{p} has no frames")
+        return np.stack(data)
+    raise UsageError(f"cannot read {p}: unknown format {kind!r}; allowed: {ALLOWED}")
