@@ -191,3 +191,30 @@ def test_ffmpeg_error_is_reported_and_cleaned_up(tmp_path, monkeypatch):
     with pytest.raises(T2VError, match="ffmpeg failed writing .mp4"):
         save_video(_palette_frames(), tmp_path / "clip.mp4")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_check_output_path_fails_early_and_creates_nothing(tmp_path):
+    target = video.check_output_path(tmp_path / "new" / "deeper" / "clip.webm")
+    assert target == tmp_path / "new" / "deeper" / "clip.webm" and not (tmp_path / "new").exists()
+    assert video.check_output_path(str(tmp_path / "frames") + "/") == tmp_path / "frames"
+    (tmp_path / "clip.mp4").write_bytes(b"x")
+    with pytest.raises(UsageError, match="already exists"):
+        video.check_output_path(tmp_path / "clip.mp4")
+    assert video.check_output_path(tmp_path / "clip.mp4", overwrite=True) == tmp_path / "clip.mp4"
+    with pytest.raises(UsageError, match="cannot create output directory"):
+        video.check_output_path(tmp_path / "clip.mp4" / "x.gif")
+    with pytest.raises(UsageError, match="allowed"):
+        video.check_output_path(tmp_path / "clip.mkv")
+    with pytest.raises(UsageError, match="is a directory"):
+        (tmp_path / "d.gif").mkdir()
+        video.check_output_path(tmp_path / "d.gif", overwrite=True)
+
+
+def test_unwritable_directory_simulated(tmp_path, monkeypatch):
+    # Root (CI containers) may write anywhere, so also check the path through a directory the OS calls unwritable.
+    monkeypatch.setattr(video.os, "access", lambda p, mode: Path(p) != tmp_path)
+    with pytest.raises(UsageError, match=f"output directory {tmp_path} is not writable"):
+        save_video(_palette_frames(), tmp_path / "clip.mp4")
+    with pytest.raises(UsageError, match="cannot create output directory"):
+        save_video(_palette_frames(), tmp_path / "sub" / "clip.mp4")
+    assert list(tmp_path.iterdir()) == []

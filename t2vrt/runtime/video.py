@@ -67,13 +67,16 @@ def _check_frames(frames: np.ndarray, kind: str) -> np.ndarray:
     return np.ascontiguousarray(frames)
 
 
-def _prepare_parent(parent: Path) -> None:
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create output directory {parent}: {e.strerror or e}") from e
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"output directory {parent} is not writable")
+def _check_parent(parent: Path) -> None:
+    """The output's directory exists and is writable, or can be created (its nearest existing ancestor is)."""
+    probe = parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"cannot create output directory {parent}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "output directory" if probe == parent else f"cannot create output directory {parent}:"
+        raise UsageError(f"{what} {probe} is not writable")
 
 
 def _is_frames_dir(path: Path) -> bool:
@@ -123,6 +126,24 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def check_output_path(path: str | os.PathLike[str], overwrite: bool = False) -> Path:
+    """Everything about the output path that can fail, checked up front (before minutes of sampling).
+
+    Returns the absolute target path. Creates nothing.
+    """
+    kind = output_kind(path)
+    target = Path(os.fspath(path).rstrip("/" + os.sep) or ".").absolute()
+    if target.exists() or target.is_symlink():
+        if not overwrite:
+            raise UsageError(f"{target} already exists; pass --overwrite (overwrite=True) to replace it")
+        if kind == "dir" and not _is_frames_dir(target):
+            raise UsageError(f"{target} exists and is not a directory of {FRAME_GLOB} frames; not replacing it")
+        if kind != "dir" and target.is_dir():
+            raise UsageError(f"{target} is a directory; cannot replace it with a {kind} file")
+    _check_parent(target.parent)
+    return target
+
+
 def save_video(
     frames: np.ndarray, path: str | os.PathLike[str], fps: float = 8, overwrite: bool = False
 ) -> Path:
@@ -135,15 +156,11 @@ def save_video(
     frames = _check_frames(frames, kind)
     if not (isinstance(fps, (int, float)) and not isinstance(fps, bool) and 0 < fps <= 1000):
         raise UsageError(f"fps must be a number in (0, 1000], got {fps!r}")
-    target = Path(os.fspath(path).rstrip("/" + os.sep) or ".").absolute()
-    if target.exists() or target.is_symlink():
-        if not overwrite:
-            raise UsageError(f"{target} already exists; pass --overwrite (overwrite=True) to replace it")
-        if kind == "dir" and not _is_frames_dir(target):
-            raise UsageError(f"{target} exists and is not a directory of {FRAME_GLOB} frames; not replacing it")
-        if kind != "dir" and target.is_dir():
-            raise UsageError(f"{target} is a directory; cannot replace it with a {kind} file")
-    _prepare_parent(target.parent)
+    target = check_output_path(path, overwrite)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create output directory {target.parent}: {e.strerror or e}") from e
 
     tag = uuid.uuid4().hex[:8]
     suffix = "" if kind == "dir" else kind  # keep the extension: ffmpeg and Pillow pick the container from it
