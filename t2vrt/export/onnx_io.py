@@ -54,7 +54,8 @@ def tidy(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = gs.import_onnx(model)
     graph.fold_constants().cleanup().toposort()
     tidied = gs.export_onnx(graph)
-    tidied.opset_import[:] = model.opset_import
+    del tidied.opset_import[:]  # protobuf repeated fields take no slice assignment
+    tidied.opset_import.extend(model.opset_import)
     tidied.producer_name = "t2vrt"
     return tidied
 

@@ -21,7 +21,8 @@ from t2vrt.runtime.options import GenerateOptions, check_latents, resolve_option
 from t2vrt.runtime.tokenizer import Tokenizer
 from t2vrt.runtime.video import save_video, to_uint8
 
-StepCallback = Callable[[int, int], None]  # (step index, total steps)
+StepCallback = Callable[[int, int], None]  # (steps done, total steps)
+SAMPLERS = {"ddim": "ddim", "dpm++": "dpmpp-2m"}  # user-facing name -> t2vrt.runtime.schedulers name
 
 
 @dataclass
@@ -50,6 +51,7 @@ class Pipeline:
         self.tokenizer = tokenizer
         self.selection_note = selection_note  # why this backend ("auto" says which and why)
         self.alphas_cumprod = schedulers.alphas_cumprod(np.asarray(manifest.schedule["betas"], dtype=np.float64))
+        self.num_train_timesteps = int(manifest.schedule["num_train_timesteps"])
 
     @classmethod
     def from_bundle(cls, bundle: str | Path, backend: str = "auto", **backend_options: object) -> Pipeline:
@@ -149,12 +151,20 @@ class Pipeline:
                 e_c, e_u = call(lat, t, cond), call(lat, t, uncond)
             return e_u + np.float32(o.guidance_scale) * (e_c - e_u)
 
-        timesteps, step = make_stepper(o, self.alphas_cumprod, int(self.manifest.schedule["num_train_timesteps"]), rng)
-        for i, t in enumerate(timesteps):
-            e = _finite("UNet", eps(x, float(t)), f" at step {i + 1} (t={int(t)})")
-            x = step(i, x, e)
+        timesteps = schedulers.sampler_timesteps(SAMPLERS[o.scheduler], self.num_train_timesteps, o.num_inference_steps)
+        n = len(timesteps)
+
+        def denoise_step(lat: np.ndarray, t: int) -> np.ndarray:
+            return _finite("UNet", eps(lat, float(t)), f" at t={t}")
+
+        def on_step(i: int, t: int, lat: np.ndarray) -> None:
             if callback is not None:
-                callback(i + 1, len(timesteps))
+                callback(i + 1, n)
+
+        x = schedulers.sample(
+            denoise_step, x, timesteps, self.alphas_cumprod, sampler=SAMPLERS[o.scheduler], eta=o.eta, rng=rng,
+            callback=on_step,
+        ).astype(np.float32, copy=False)
         self.backend.release("unet")
         return x
 
@@ -166,22 +176,6 @@ class Pipeline:
         images = [vae.run({"latents": z[i : i + n]})["images"] for i in range(0, z.shape[0], n)]
         self.backend.release("vae_decoder")
         return to_uint8(_finite("VAE decoder", np.concatenate(images)))  # (f, H, W, 3)
-
-
-def make_stepper(
-    o: GenerateOptions, acp: np.ndarray, num_train: int, rng: np.random.Generator
-) -> tuple[np.ndarray, Callable[[int, np.ndarray, np.ndarray], np.ndarray]]:
-    """The schedule and a step function x_{i+1} = step(i, x_i, eps_i) for the chosen sampler."""
-    if o.scheduler == "ddim":
-        ts = schedulers.ddim_timesteps(num_train, o.num_inference_steps)
-
-        def ddim(i: int, x: np.ndarray, eps: np.ndarray) -> np.ndarray:
-            t_prev = int(ts[i + 1]) if i + 1 < len(ts) else None
-            noise = rng.standard_normal(x.shape, np.float32) if o.eta > 0 else None
-            return schedulers.ddim_step(x, eps, int(ts[i]), t_prev, acp, eta=o.eta, noise=noise).astype(np.float32)
-
-        return ts, ddim
-    raise NotImplementedError(o.scheduler)
 
 
 __all__ = ["Pipeline", "Video"]
