@@ -1,0 +1,69 @@
+"""`t2vrt info MODEL`: what a checkpoint (either layout, a hub id, `tiny`) or a bundle directory holds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from t2vrt.commands import reports_errors
+from t2vrt.manifest import MANIFEST_NAME
+
+
+def is_bundle(model: str) -> bool:
+    return (Path(model) / MANIFEST_NAME).is_file()
+
+
+def describe_bundle(bundle: Path) -> dict[str, Any]:
+    """A bundle's manifest summary (torch-free). The place to add its TensorRT engines (`engines/`)."""
+    from t2vrt.manifest import load_manifest
+
+    m = load_manifest(bundle)
+    return {
+        "kind": "bundle",
+        "bundle": str(bundle),
+        "name": m.model_name,
+        "precisions": m.precisions,
+        "defaults": m.defaults,
+        "components": {
+            name: {p: {"path": str(f.path), "bytes": f.bytes, "parity": f.parity} for p, f in c.files.items()}
+            for name, c in m.components.items()
+        },
+    }
+
+
+def format_bundle(d: dict[str, Any]) -> str:
+    lines = [f"bundle:  {d['bundle']}", f"name:    {d['name']}", f"precisions: {', '.join(d['precisions']) or 'none'}"]
+    for name, files in d["components"].items():
+        for p, f in files.items():
+            lines.append(f"  {name:<13} {p}  {f['bytes']:>14,} bytes  {Path(f['path']).name}")
+    return "\n".join(lines)
+
+
+def describe_any(model: str) -> dict[str, Any]:
+    """A bundle directory (one with manifest.json) or a checkpoint; the same dict `--json` prints."""
+    if is_bundle(model):
+        return describe_bundle(Path(model))
+    from t2vrt.models.info import describe  # torch: only for checkpoints
+
+    return describe(model)
+
+
+@click.command("info")
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
+@reports_errors
+def command(model: str, as_json: bool) -> None:
+    """Describe MODEL without loading its weights: a checkpoint directory (ModelScope original or diffusers
+    layout), a hub id, `tiny`, or a bundle directory written by `t2vrt export`."""
+    d = describe_any(model)
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+    elif d["kind"] == "bundle":
+        click.echo(format_bundle(d))
+    else:
+        from t2vrt.models.info import format_description
+
+        click.echo(format_description(d))

@@ -1,0 +1,255 @@
+"""Where a model comes from (`resolve`), what it is (`load_config`) and its weights in our modules (`load_model`).
+
+MODEL is one of:
+- `tiny`: the embedded random-weight model (built in memory, the same weights on every machine);
+- a local directory in the original ModelScope layout (configuration.json, text2video_pytorch_model.pth,
+  open_clip_pytorch_model.bin, VQGAN_autoencoder.pth) or the diffusers layout (model_index.json, unet/, vae/,
+  text_encoder/, tokenizer/, scheduler/);
+- a hub id (`org/name`), downloaded with huggingface_hub (only the files the loader reads).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from t2vrt.errors import T2VError, UsageError
+from t2vrt.models.presets import ModelConfig, preset
+
+EMBEDDED = ("tiny",)
+ORIGINAL_FILES = {  # role -> default file name; configuration.json's model_args may rename the weights
+    "config": "configuration.json",
+    "unet": "text2video_pytorch_model.pth",
+    "text_encoder": "open_clip_pytorch_model.bin",
+    "vae": "VQGAN_autoencoder.pth",
+}
+_MODEL_ARGS = {"unet": "ckpt_unet", "text_encoder": "ckpt_clip", "vae": "ckpt_autoencoder"}
+DIFFUSERS_PARTS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class Source:
+    layout: str  # "embedded" | "original" | "diffusers"
+    root: Path | str  # the checkpoint directory; the preset name for "embedded"
+    files: tuple[Path, ...] = ()  # every file the loader reads
+    parts: Mapping[str, Path] = field(default_factory=dict)  # role -> file (see ORIGINAL_FILES, _diffusers_parts)
+    hint: str = ""  # what the user typed (a hub id or a path): picks the zeroscope defaults
+
+
+def resolve(model: str) -> Source:
+    """MODEL string -> Source; UsageError naming what is missing when it is neither a checkpoint nor a hub id."""
+    if model in EMBEDDED:
+        return Source("embedded", model, hint=model)
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return detect(path, hint=model)
+    if path.exists():
+        raise UsageError(f"MODEL {model!r} is a file; give the checkpoint directory that holds it")
+    if _HUB_ID.match(model) and not model.startswith((".", "/")):
+        return detect(download(model), hint=model)
+    raise UsageError(
+        f"MODEL {model!r}: no such directory, and not a hub id (org/name) or an embedded model ({', '.join(EMBEDDED)})"
+    )
+
+
+def detect(root: Path, hint: str = "") -> Source:
+    """Which layout a directory holds; UsageError naming the first missing file of the layout it looks like."""
+    looks_diffusers = (root / "model_index.json").is_file() or any((root / p).is_dir() for p in DIFFUSERS_PARTS)
+    if looks_diffusers:
+        return _diffusers_source(root, hint)
+    if any((root / name).exists() for name in ORIGINAL_FILES.values()):
+        return _original_source(root, hint)
+    raise UsageError(
+        f"{str(root)!r} holds no checkpoint: expected the ModelScope files ({', '.join(ORIGINAL_FILES.values())}) "
+        f"or a diffusers layout (model_index.json, {'/, '.join(DIFFUSERS_PARTS)}/)"
+    )
+
+
+def _original_source(root: Path, hint: str) -> Source:
+    config = root / ORIGINAL_FILES["config"]
+    if not config.is_file():
+        raise UsageError(f"{str(root)!r}: original ModelScope layout but {config.name} is missing")
+    raw = _read_json(config)
+    model_args = raw.get("model", raw).get("model_args") or {}  # the release nests model_args and model_cfg in "model"
+    parts = {"config": config}
+    for role, arg in _MODEL_ARGS.items():
+        name = model_args.get(arg) or ORIGINAL_FILES[role]
+        parts[role] = root / Path(str(name)).name  # a file name only: never a path out of the directory
+        if not parts[role].is_file():
+            raise UsageError(f"{str(root)!r}: original ModelScope layout but {parts[role].name} ({role}) is missing")
+    return Source("original", root, tuple(parts.values()), parts, hint)
+
+
+def _weights_file(folder: Path, stem: str) -> Path | None:
+    """The one weights file of a diffusers subfolder: safetensors first, fp32 before the fp16 variant; sharded ok."""
+    for variant in ("", ".fp16"):
+        for ext in (".safetensors", ".bin"):
+            for name in (f"{stem}{variant}{ext}", f"{stem}{variant}{ext}.index.json"):
+                if (folder / name).is_file():
+                    return folder / name
+    return None
+
+
+def _diffusers_source(root: Path, hint: str) -> Source:
+    parts: dict[str, Path] = {}
+    files: list[Path] = []
+    if (root / "model_index.json").is_file():
+        files.append(root / "model_index.json")
+    for part, stem in DIFFUSERS_PARTS.items():
+        folder = root / part
+        if not (folder / "config.json").is_file():
+            raise UsageError(f"{str(root)!r}: diffusers layout but {part}/config.json is missing")
+        weights = _weights_file(folder, stem)
+        if weights is None:
+            raise UsageError(f"{str(root)!r}: diffusers layout but {part}/ has no {stem}.safetensors or {stem}.bin")
+        parts[f"{part}_config"], parts[part] = folder / "config.json", weights
+        files += [folder / "config.json", *_shards(weights)]
+    scheduler = root / "scheduler" / "scheduler_config.json"
+    if scheduler.is_file():
+        parts["scheduler"] = scheduler
+        files.append(scheduler)
+    return Source("diffusers", root, tuple(files), parts, hint)
+
+
+def _shards(weights: Path) -> list[Path]:
+    if not weights.name.endswith(".index.json"):
+        return [weights]
+    index = _read_json(weights).get("weight_map", {})
+    return [weights, *(weights.parent / Path(str(s)).name for s in sorted(set(index.values())))]
+
+
+def download(repo_id: str) -> Path:
+    """Fetch the files the loader needs from the Hugging Face hub (diffusers layout preferred); T2VError if it fails."""
+    try:
+        from huggingface_hub import HfApi, snapshot_download
+    except ImportError:
+        raise T2VError(f"{repo_id!r} looks like a hub id, but huggingface_hub is not installed (pip install 't2vrt[export]')") from None
+    try:
+        names = set(HfApi().list_repo_files(repo_id))
+        if "model_index.json" in names:
+            patterns = ["model_index.json", "scheduler/*.json", "tokenizer/*"]
+            for part, stem in DIFFUSERS_PARTS.items():
+                have = [n for n in names if n.startswith(f"{part}/{stem}")]
+                pick = next((f"{part}/{stem}{v}{e}" for v in ("", ".fp16") for e in (".safetensors", ".bin")
+                             if any(n.startswith(f"{part}/{stem}{v}{e}") for n in have)), None)  # fmt: skip
+                patterns += [f"{part}/config.json", f"{pick}*" if pick else f"{part}/{stem}*"]
+        elif ORIGINAL_FILES["config"] in names:
+            patterns = list(ORIGINAL_FILES.values())
+        else:
+            raise T2VError(f"hub repo {repo_id!r} holds neither a diffusers nor an original ModelScope checkpoint")
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except T2VError:
+        raise
+    except Exception as e:  # noqa: BLE001 - network, auth and hub errors all become one line
+        raise T2VError(
+            f"MODEL {repo_id!r} is not a local directory, and downloading it from the hub failed: "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise T2VError(f"cannot read {str(path)!r}: {e}") from None
+    if not isinstance(data, dict):
+        raise T2VError(f"{str(path)!r} does not hold a JSON object")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Modules
+
+
+def build_modules(cfg: ModelConfig, device: str | torch.device = "cpu") -> dict[str, nn.Module]:
+    """Our three modules for `cfg`, uninitialised (on "meta": no memory at all, for counting and loading)."""
+    from t2vrt.models.text_encoder import TextEncoder
+    from t2vrt.models.unet3d import UNet3D
+    from t2vrt.models.vae import VAEDecoder
+
+    with torch.device(device):
+        return {
+            "text_encoder": TextEncoder(cfg.text_encoder),
+            "unet": UNet3D(cfg.unet),
+            "vae_decoder": VAEDecoder(cfg.vae),
+        }
+
+
+TINY_SEEDS = {"text_encoder": 1, "unet": 2, "vae_decoder": 3}
+
+
+def tiny_model(seed: int = 0) -> dict[str, nn.Module]:
+    """The embedded `tiny` model: preset "tiny", every weight drawn with a fixed per-component seed (eval mode)."""
+    from t2vrt.models.random_init import randomize_
+
+    models = build_modules(preset("tiny"))
+    for name, module in models.items():
+        randomize_(module, seed=1000 * seed + TINY_SEEDS[name])
+        module.eval().requires_grad_(False)
+    return models
+
+
+def load_config(source: Source) -> ModelConfig:
+    from t2vrt.models.checkpoint_config import config_of
+
+    return config_of(source)
+
+
+def load_model(source: Source, dtype: torch.dtype = torch.float32) -> tuple[ModelConfig, dict[str, nn.Module]]:
+    """The config and our three modules with the checkpoint's weights, in eval mode, cast once to `dtype`.
+
+    Modules are built on the meta device and take the checkpoint's tensors as they are (assign=True; memory-mapped
+    files stay mapped), after every key and shape has been checked; the first problem is a T2VError naming it.
+    """
+    from t2vrt.models.checkpoint_config import our_state_dicts
+
+    cfg = load_config(source)
+    if source.layout == "embedded":
+        models = tiny_model()
+    else:
+        states = our_state_dicts(source, cfg)
+        models = build_modules(cfg, device="meta")
+        for name, module in models.items():
+            check_state(name, module, states[name], source.parts.get(_PART_OF[name]))
+            module.load_state_dict(states[name], strict=True, assign=True)
+            if hasattr(module, "init_buffers"):
+                module.init_buffers("cpu")  # non-persistent buffers (the causal mask) are not in any checkpoint
+            _check_materialised(name, module)
+    for module in models.values():
+        module.to(dtype).eval().requires_grad_(False)
+    return cfg, models
+
+
+_PART_OF = {"text_encoder": "text_encoder", "unet": "unet", "vae_decoder": "vae"}
+
+
+def check_state(name: str, module: nn.Module, state: Mapping[str, torch.Tensor], file: Path | None = None) -> None:
+    """Every key and shape of `module` against `state`; T2VError naming the first missing/mismatched/unexpected key."""
+    where = f" ({file.name})" if file is not None else ""
+    expected = module.state_dict()
+    for key, ref in expected.items():
+        if key not in state:
+            raise T2VError(f"{name}{where}: checkpoint lacks key {key} (shape {list(ref.shape)}) that the model needs")
+        got = state[key]
+        if tuple(got.shape) != tuple(ref.shape):
+            raise T2VError(
+                f"{name}{where}: checkpoint key {key} has shape {list(got.shape)} but the model expects {list(ref.shape)}"
+            )
+        if not (got.is_floating_point() or got.dtype == ref.dtype):
+            raise T2VError(f"{name}{where}: checkpoint key {key} has dtype {got.dtype}, expected a float tensor")
+    for key in state:
+        if key not in expected:
+            raise T2VError(f"{name}{where}: unexpected checkpoint key {key} (the model has no such weight)")
+
+
+def _check_materialised(name: str, module: nn.Module) -> None:
+    for key, t in [*module.named_parameters(), *module.named_buffers()]:
+        if t.is_meta:
+            raise T2VError(f"{name}: {key} was not loaded (still on the meta device)")
