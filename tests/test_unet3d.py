@@ -93,8 +93,9 @@ def diffusers_unet(cfg: UNet3DConfig, sd: dict) -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def tiny_models() -> tuple[UNet3D, torch.nn.Module]:
-    ours = randomize_(UNet3D(TINY), seed=0).eval()
-    return ours, diffusers_unet(TINY, ours.state_dict())
+    ours = UNet3D(TINY)
+    randomize_(ours, seed=0)
+    return ours.eval(), diffusers_unet(TINY, ours.state_dict())
 
 
 # ---- (a) the key map ----
@@ -128,6 +129,18 @@ def test_key_map_round_trips_both_ways(tiny_models: tuple[UNet3D, torch.nn.Modul
     assert all(torch.equal(again[k], ref_sd[k]) for k in ref_sd)
     # the diffusers weights load into our model unchanged
     UNet3D(TINY).load_state_dict(diffusers_to_original(ref_sd, TINY), strict=True)
+
+
+def test_meta_build_and_assign_load(tiny_models: tuple[UNet3D, torch.nn.Module]) -> None:
+    """The loader's path: build on the meta device, assign the checkpoint's tensors; no buffers are left on meta."""
+    ours, _ = tiny_models
+    with torch.device("meta"):
+        fresh = UNet3D(TINY)
+    fresh.load_state_dict(ours.state_dict(), strict=True, assign=True)
+    assert not any(t.is_meta for t in [*fresh.parameters(), *fresh.buffers()])
+    x, t, c = inputs(TINY, 1, 2, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(x, t, c), ours(x, t, c))
 
 
 def test_key_map_names_unknown_and_missing_keys(tiny_models: tuple[UNet3D, torch.nn.Module]) -> None:
@@ -208,7 +221,7 @@ def test_honours_config_fields() -> None:
     keys = set(model.state_dict())
     assert not any(".2.transformer_blocks" in k for k in keys) and "input_blocks.0.1.norm.weight" not in keys
     assert "input_blocks.1.1.norm.weight" not in keys  # level 0 (scale 1) has no attention here
-    assert model.input_blocks[3][1].transformer_blocks[0].attn1.heads == 48 // 8
+    assert model.get_submodule("input_blocks.3.1.transformer_blocks.0.attn1").heads == 48 // 8
     x, t, c = inputs(cfg, 1, 2, 4, 6)
     with torch.no_grad():
         assert model(x, t, c[:, :5]).shape == (1, 5, 2, 4, 6)
@@ -288,8 +301,9 @@ def test_full_ms17b_parity_vs_diffusers() -> None:
     del source
     ours.eval()
     ref = diffusers_unet(cfg, sd)  # shares every tensor with ours (the Conv1d -> Linear reshape is a view)
-    assert ref.conv_in.weight.data_ptr() == ours.input_blocks[0][0].weight.data_ptr()
-    assert ref.transformer_in.proj_in.weight.data_ptr() == ours.input_blocks[0][1].proj_in.weight.data_ptr()
+    ours_sd, ref_sd = ours.state_dict(), ref.state_dict()
+    assert ref_sd["conv_in.weight"].data_ptr() == ours_sd["input_blocks.0.0.weight"].data_ptr()
+    assert ref_sd["transformer_in.proj_in.weight"].data_ptr() == ours_sd["input_blocks.0.1.proj_in.weight"].data_ptr()
     n_params = sum(p.numel() for p in ours.parameters())
     built = time.perf_counter() - start
 

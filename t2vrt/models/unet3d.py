@@ -68,7 +68,8 @@ def unet_layout(cfg: UNet3DConfig) -> dict[str, list[list[LayerSpec]]]:
     chans = [cfg.model_channels * m for m in cfg.channel_mult]
 
     def attn(ch: int, level: int, index: int) -> list[LayerSpec]:
-        if 0.5**level not in cfg.attn_scales and level != -1:
+        """Spatial (+ temporal) transformer after a res block: always in the middle, else where the scale is listed."""
+        if level != -1 and 0.5**level not in cfg.attn_scales:
             return []
         spatial = LayerSpec("spatial", ch, heads=ch // cfg.head_dim, level=level, index=index)
         temporal = LayerSpec("temporal", ch, heads=ch // cfg.head_dim, level=level, index=index)

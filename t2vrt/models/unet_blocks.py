@@ -8,6 +8,8 @@ F.scaled_dot_product_attention, and nothing branches on tensor values.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -154,7 +156,7 @@ class TemporalConv(nn.Module):
         for seq in (self.conv1, self.conv2, self.conv3, self.conv4):
             for pre in list(seq)[:-1]:  # GroupNorm over the whole video, SiLU, Dropout
                 y = pre(y)
-            y = _temporal_conv3d(y, seq[-1])
+            y = _temporal_conv3d(y, cast(nn.Conv3d, seq[-1]))
         return (identity + y).permute(0, 2, 1, 3).reshape(bf, c, h, w)
 
 
