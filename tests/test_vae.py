@@ -84,7 +84,8 @@ def test_diffusers_key_map_both_ways():
     assert to_diff["decoder.mid_block.attentions.0.to_q.weight"].ndim == 2
     # level order is reversed: LDM up.0 (full size, ch) is diffusers' last up block
     last = len(TINY.ch_mult) - 1
-    assert torch.equal(to_diff[f"decoder.up_blocks.{last}.resnets.0.conv1.weight"], ours["decoder.up.0.block.0.conv1.weight"])
+    top_level = to_diff[f"decoder.up_blocks.{last}.resnets.0.conv1.weight"]
+    assert torch.equal(top_level, ours["decoder.up.0.block.0.conv1.weight"])
     back = keys.diffusers_to_original(to_diff, TINY)
     assert list(back) == list(ours) and all(torch.equal(back[k], ours[k]) for k in ours)
     keys.check_state(back, TINY)
@@ -96,7 +97,8 @@ def test_diffusers_key_map_both_ways():
     back = keys.diffusers_to_original(legacy, TINY)
     assert all(torch.equal(back[k], ours[k]) for k in ours)
     with pytest.raises(KeyError, match="twice"):
-        keys.diffusers_to_original(dict(to_diff, **{"decoder.mid_block.attentions.0.query.bias": torch.zeros(64)}), TINY)
+        dup = {"decoder.mid_block.attentions.0.query.bias": torch.zeros(64)}
+        keys.diffusers_to_original(dict(to_diff, **dup), TINY)
     with pytest.raises(KeyError, match="up_blocks.9"):
         keys.diffusers_to_original(dict(to_diff, **{"decoder.up_blocks.9.resnets.0.conv1.bias": torch.zeros(1)}), TINY)
     missing = dict(to_diff)

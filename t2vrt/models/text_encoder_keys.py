@@ -85,7 +85,7 @@ def config_from_openclip_state(sd: Mapping[str, Tensor], head_width: int = 64) -
 
 
 def openclip_to_ours(sd: Mapping[str, Tensor], cfg: TextEncoderConfig) -> dict[str, Tensor]:
-    """Keep the text tower's used keys (names unchanged); drop the vision tower, projection and blocks >= layers_used."""
+    """Keep the text tower's used keys (names unchanged); drop the vision tower, projection, blocks >= layers_used."""
     shapes = expected_shapes(cfg)
     out: dict[str, Tensor] = {}
     for k, v in sd.items():

@@ -200,7 +200,7 @@ def config_from_diffusers(d: Mapping) -> VAEDecoderConfig:
 def config_to_diffusers(cfg: VAEDecoderConfig) -> dict:
     """Ours -> an AutoencoderKL config dict (the values of ms-1.7b's vae/config.json for the ms-1.7b preset)."""
     if cfg.z_channels != cfg.embed_dim:
-        raise ValueError(f"AutoencoderKL has one latent width: z_channels {cfg.z_channels} != embed_dim {cfg.embed_dim}")
+        raise ValueError(f"AutoencoderKL has one latent size: z_channels {cfg.z_channels} != embed_dim {cfg.embed_dim}")
     n = len(cfg.ch_mult)
     return {
         "_class_name": "AutoencoderKL",
