@@ -218,13 +218,25 @@ def load_model(source: Source, dtype: torch.dtype = torch.float32) -> tuple[Mode
         models = build_modules(cfg, device="meta")
         for name, module in models.items():
             check_state(name, module, states[name], source.parts.get(_PART_OF[name]))
-            module.load_state_dict(states[name], strict=True, assign=True)
+            state = {k: _cast_aligned(v, dtype) for k, v in states[name].items()}
+            module.load_state_dict(state, strict=True, assign=True)
             if hasattr(module, "init_buffers"):
                 module.init_buffers("cpu")  # non-persistent buffers (the causal mask) are not in any checkpoint
             _check_materialised(name, module)
     for module in models.values():
         module.to(dtype).eval().requires_grad_(False)
     return cfg, models
+
+
+def _cast_aligned(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Cast once; a tensor already in `dtype` is kept (memory-mapped) unless misaligned.
+
+    safetensors places tensors at any byte offset; CPU kernels pick other vector paths for unaligned data and round
+    differently (about 1e-8 here), so the same weights would give layout-dependent outputs. Copies are aligned.
+    """
+    if t.is_floating_point() and t.dtype != dtype:
+        return t.to(dtype)
+    return t.clone() if t.data_ptr() % 64 else t
 
 
 _PART_OF = {"text_encoder": "text_encoder", "unet": "unet", "vae_decoder": "vae"}

@@ -60,8 +60,12 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def _torch_load_weights_only(path: Path) -> Any:
     """torch.load with weights_only=True; a refused global becomes one line naming the file and the global."""
+    mmap_ok = zipfile.is_zipfile(path)  # mmap needs the zip format; legacy pickles are read whole
+    if not mmap_ok:
+        with open(path, "rb") as f:
+            if f.read(4) == b"PK\x03\x04":
+                raise T2VError(f"torch file {str(path)!r} is truncated or corrupt: its zip archive has no directory")
     try:
-        mmap_ok = zipfile.is_zipfile(path)  # mmap needs the zip format; legacy pickles are read whole
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap_ok)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL (\S+)", str(e))

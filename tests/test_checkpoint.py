@@ -1,0 +1,283 @@
+"""Checkpoint layouts: the tiny model written in each layout loads back to the same weights and outputs; every
+broken checkpoint gives one clear error naming what is wrong."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from t2vrt.errors import T2VError, UsageError
+from t2vrt.models import checkpoint
+from t2vrt.models.presets import preset
+from t2vrt.models.writers import write_diffusers, write_original
+
+LAYOUTS = ("original", "diffusers")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return checkpoint.tiny_model()
+
+
+@pytest.fixture(scope="module")
+def written(tiny, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ckpt")
+    cfg = preset("tiny")
+    return {
+        "original": write_original(root / "original", tiny, cfg),
+        "diffusers": write_diffusers(root / "diffusers", tiny, cfg),
+    }
+
+
+def _copy(written, layout: str, tmp_path: Path) -> Path:
+    dst = tmp_path / layout
+    shutil.copytree(written[layout], dst)
+    return dst
+
+
+def _inputs(cfg):
+    g = torch.Generator().manual_seed(123)
+    tokens = torch.randint(0, cfg.text_encoder.vocab_size, (2, cfg.text_encoder.context_length), generator=g)
+    latents = torch.randn(1, cfg.unet.in_channels, 3, 16, 16, generator=g)  # (b, c, f, h, w)
+    context = torch.randn(1, cfg.text_encoder.context_length, cfg.unet.context_dim, generator=g)
+    z = torch.randn(2, cfg.vae.embed_dim, 8, 8, generator=g)
+    return {
+        "text_encoder": (tokens,),
+        "unet": (latents, torch.tensor([501.0]), context),
+        "vae_decoder": (z,),
+    }
+
+
+@torch.no_grad()
+def _outputs(models, cfg):
+    return {name: models[name](*args) for name, args in _inputs(cfg).items()}
+
+
+def test_tiny_model_is_deterministic(tiny):
+    again = checkpoint.tiny_model()
+    for name, module in tiny.items():
+        a, b = module.state_dict(), again[name].state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    total = sum(float(p.double().abs().sum()) for m in tiny.values() for p in m.parameters())
+    print(f"tiny: sum |w| over all components = {total:.6f}")
+    assert checkpoint.tiny_model(seed=1)["unet"].state_dict()["out.2.weight"].ne(
+        tiny["unet"].state_dict()["out.2.weight"]
+    ).any()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_round_trip_weights_and_outputs(tiny, written, layout):
+    source = checkpoint.resolve(str(written[layout]))
+    assert source.layout == layout
+    assert all(Path(f).is_file() for f in source.files)
+    cfg, models = checkpoint.load_model(source)
+    assert cfg == preset("tiny")
+    for name, module in tiny.items():
+        want, got = module.state_dict(), models[name].state_dict()
+        assert list(want) == list(got), name
+        for k in want:
+            assert got[k].dtype == torch.float32
+            assert torch.equal(want[k], got[k]), f"{name}: {k}"
+        assert not models[name].training
+        assert not any(p.requires_grad for p in models[name].parameters())
+    ref, out = _outputs(tiny, cfg), _outputs(models, cfg)
+    for name in ref:
+        diff = (ref[name] - out[name]).abs().max().item()
+        print(f"{layout} {name}: output {tuple(out[name].shape)}, max |diff| vs embedded = {diff:.3g}")
+        assert torch.equal(ref[name], out[name]), name
+
+
+def test_embedded_and_fp16_cast(tiny):
+    cfg, models = checkpoint.load_model(checkpoint.resolve("tiny"), dtype=torch.float16)
+    assert cfg == preset("tiny")
+    for name, module in models.items():
+        assert all(p.dtype == torch.float16 for p in module.parameters()), name
+        w = tiny[name].state_dict()
+        assert all(torch.equal(v, w[k].half()) for k, v in module.state_dict().items() if v.is_floating_point())
+
+
+def test_diffusers_bin_weights_and_no_model_index(written, tmp_path):
+    """pytorch_model-style .bin weights instead of safetensors, and no model_index.json: still diffusers."""
+    from safetensors.torch import load_file
+
+    root = _copy(written, "diffusers", tmp_path)
+    st = root / "unet" / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(str(st)), root / "unet" / "diffusion_pytorch_model.bin")
+    st.unlink()
+    (root / "model_index.json").unlink()
+    source = checkpoint.resolve(str(root))
+    assert source.layout == "diffusers" and source.parts["unet"].suffix == ".bin"
+    _, models = checkpoint.load_model(source)
+    _, ref = checkpoint.load_model(checkpoint.resolve(str(written["diffusers"])))
+    assert all(torch.equal(v, ref["unet"].state_dict()[k]) for k, v in models["unet"].state_dict().items())
+
+
+def test_written_original_is_a_lightning_checkpoint(written):
+    """The writer's VQGAN file names pytorch_lightning's class, so torch's weights-only loader refuses it."""
+    from t2vrt.models.safe_load import RefusedPickle, load_state_file
+
+    with pytest.raises(RefusedPickle, match="pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"):
+        load_state_file(written["original"] / "VQGAN_autoencoder.pth")
+    cfg = json.loads((written["original"] / "configuration.json").read_text())
+    assert cfg["model"]["model_cfg"]["temporal_attention"] == "True"
+    assert cfg["model"]["model_args"]["ckpt_unet"] == "text2video_pytorch_model.pth"
+    clip = load_state_file(written["original"] / "open_clip_pytorch_model.bin")
+    t = preset("tiny").text_encoder
+    assert f"transformer.resblocks.{t.layers - 1}.ln_1.weight" in clip  # the unused last block is there
+    assert {"text_projection", "logit_scale", "visual.proj"} <= set(clip)
+
+
+# ---- errors -----------------------------------------------------------------------------------------------------
+
+
+def test_missing_paths_and_unknown_layouts(tmp_path):
+    with pytest.raises(UsageError, match="no such directory"):
+        checkpoint.resolve(str(tmp_path / "nope"))
+    with pytest.raises(UsageError, match="holds no checkpoint.*configuration.json.*model_index.json"):
+        checkpoint.resolve(str(tmp_path))
+    (tmp_path / "f.bin").write_bytes(b"")
+    with pytest.raises(UsageError, match="is a file"):
+        checkpoint.resolve(str(tmp_path / "f.bin"))
+
+
+def test_missing_file_in_each_layout(written, tmp_path):
+    orig = _copy(written, "original", tmp_path)
+    (orig / "VQGAN_autoencoder.pth").unlink()
+    with pytest.raises(UsageError, match=r"VQGAN_autoencoder.pth \(vae\) is missing"):
+        checkpoint.resolve(str(orig))
+    diff = _copy(written, "diffusers", tmp_path)
+    (diff / "vae" / "config.json").unlink()
+    with pytest.raises(UsageError, match="vae/config.json is missing"):
+        checkpoint.resolve(str(diff))
+    shutil.rmtree(diff / "text_encoder")
+    (diff / "vae" / "config.json").write_text("{}")
+    with pytest.raises(UsageError, match="text_encoder/config.json is missing"):
+        checkpoint.resolve(str(diff))
+
+
+def _edit_unet(path: Path, edit) -> None:
+    sd = dict(torch.load(path, weights_only=True))
+    edit(sd)
+    torch.save(sd, path)
+
+
+def test_wrong_shape_missing_and_unexpected_keys(written, tmp_path):
+    root = _copy(written, "original", tmp_path)
+    pth = root / "text2video_pytorch_model.pth"
+    key = "input_blocks.1.0.in_layers.2.weight"
+    shape = list(torch.load(pth, weights_only=True)[key].shape)
+    _edit_unet(pth, lambda sd: sd.__setitem__(key, sd[key][:, :-1]))
+    with pytest.raises(T2VError) as e:
+        checkpoint.load_model(checkpoint.resolve(str(root)))
+    bad = [shape[0], shape[1] - 1, *shape[2:]]
+    assert str(e.value) == (
+        f"unet (text2video_pytorch_model.pth): checkpoint key {key} has shape {bad} but the model expects {shape}"
+    )
+    _edit_unet(pth, lambda sd: sd.pop(key))
+    with pytest.raises(T2VError, match=f"unet .*lacks key {key} "):
+        checkpoint.load_model(checkpoint.resolve(str(root)))
+    shutil.copy(written["original"] / pth.name, pth)
+    _edit_unet(pth, lambda sd: sd.__setitem__("input_blocks.1.0.extra.weight", torch.zeros(1)))
+    with pytest.raises(T2VError, match="unexpected checkpoint key input_blocks.1.0.extra.weight"):
+        checkpoint.load_model(checkpoint.resolve(str(root)))
+
+
+def test_diffusers_missing_key_and_wrong_shape(written, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    root = _copy(written, "diffusers", tmp_path)
+    vae = root / "vae" / "diffusion_pytorch_model.safetensors"
+    sd = load_file(str(vae))
+    sd.pop("decoder.conv_out.bias")
+    save_file(sd, str(vae))
+    with pytest.raises(T2VError, match=r"^vae_decoder \(diffusion_pytorch_model.safetensors\): .*decoder.conv_out.bias"):
+        checkpoint.load_model(checkpoint.resolve(str(root)))
+    te = root / "text_encoder" / "model.safetensors"
+    sd = load_file(str(te))
+    sd["text_model.final_layer_norm.weight"] = sd["text_model.final_layer_norm.weight"][:-1].clone()
+    save_file(sd, str(te))
+    shutil.copy(written["diffusers"] / "vae" / vae.name, vae)
+    with pytest.raises(T2VError, match=r"text_encoder \(model.safetensors\): checkpoint key ln_final.weight has shape"):
+        checkpoint.load_model(checkpoint.resolve(str(root)))
+
+
+@pytest.mark.parametrize("layout,file", [("original", "open_clip_pytorch_model.bin"),
+                                         ("original", "VQGAN_autoencoder.pth"),
+                                         ("diffusers", "unet/diffusion_pytorch_model.safetensors")])  # fmt: skip
+def test_truncated_weights_file(written, tmp_path, layout, file):
+    root = _copy(written, layout, tmp_path)
+    data = (root / file).read_bytes()
+    (root / file).write_bytes(data[: len(data) // 3])
+    with pytest.raises(T2VError) as e:
+        checkpoint.load_model(checkpoint.resolve(str(root)))
+    print(f"{layout}/{file}: {e.value}")
+    assert Path(file).name in str(e.value) and "\n" not in str(e.value)
+
+
+def test_hub_id_without_network_is_one_clear_error(monkeypatch):
+    import huggingface_hub
+
+    def offline(self, repo_id, **kw):
+        raise ConnectionError("no network in tests")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", offline)
+    with pytest.raises(T2VError, match="'damo-vilab/text-to-video-ms-1.7b' is not a local directory, and downloading"):
+        checkpoint.resolve("damo-vilab/text-to-video-ms-1.7b")
+
+
+# ---- configs from files -----------------------------------------------------------------------------------------
+
+
+def _config_only_diffusers(root: Path, name: str = "ms-1.7b", **overrides) -> Path:
+    """A diffusers directory with the preset's config files and empty weight files (enough for load_config)."""
+    from t2vrt.models import text_encoder_keys, unet3d_keys, vae_keys
+
+    cfg = preset(name)
+    parts = {
+        "unet": (unet3d_keys.config_to_diffusers(cfg.unet), "diffusion_pytorch_model.safetensors"),
+        "vae": (vae_keys.config_to_diffusers(cfg.vae), "diffusion_pytorch_model.safetensors"),
+        "text_encoder": (text_encoder_keys.config_to_diffusers(cfg.text_encoder), "model.safetensors"),
+    }
+    for part, (config, weights) in parts.items():
+        (root / part).mkdir(parents=True)
+        (root / part / "config.json").write_text(json.dumps(config | overrides.get(part, {})))
+        (root / part / weights).write_bytes(b"")
+    (root / "model_index.json").write_text("{}")
+    return root
+
+
+def test_config_from_files_and_defaults_by_name(tmp_path):
+    cfg = checkpoint.load_config(checkpoint.resolve(str(_config_only_diffusers(tmp_path / "text-to-video-ms-1.7b"))))
+    assert cfg == preset("ms-1.7b")
+    zs = checkpoint.load_config(checkpoint.resolve(str(_config_only_diffusers(tmp_path / "zeroscope_v2_576w"))))
+    assert zs.name == "zeroscope-576w" and zs.defaults == preset("zeroscope-576w").defaults
+    assert (zs.defaults.width, zs.defaults.height, zs.defaults.num_frames) == (576, 320, 24)
+    # Values in the files win over presets.
+    odd = _config_only_diffusers(tmp_path / "odd", vae={"scaling_factor": 0.2}, unet={"cross_attention_dim": 768})
+    (odd / "scheduler").mkdir()
+    (odd / "scheduler" / "scheduler_config.json").write_text(json.dumps({"beta_end": 0.02, "num_train_timesteps": 500}))
+    c = checkpoint.load_config(checkpoint.resolve(str(odd)))
+    assert c.name == "odd" and c.defaults == preset("ms-1.7b").defaults
+    assert (c.vae.scaling_factor, c.unet.context_dim) == (0.2, 768)
+    assert (c.schedule.beta_end, c.schedule.num_train_timesteps) == (0.02, 500)
+
+
+def test_original_config_honours_configuration_json(written, tmp_path):
+    root = _copy(written, "original", tmp_path)
+    cfg = json.loads((root / "configuration.json").read_text())
+    cfg["model"]["model_cfg"]["num_timesteps"] = 800
+    cfg["model"]["model_args"]["ckpt_unet"] = "renamed_unet.pth"
+    (root / "text2video_pytorch_model.pth").rename(root / "renamed_unet.pth")
+    (root / "configuration.json").write_text(json.dumps(cfg))
+    source = checkpoint.resolve(str(root))
+    assert source.parts["unet"].name == "renamed_unet.pth"
+    c = checkpoint.load_config(source)
+    assert c.schedule.num_train_timesteps == 800 and c.unet == preset("tiny").unet
+    cfg["model"]["model_cfg"]["mean_type"] = "x0"
+    (root / "configuration.json").write_text(json.dumps(cfg))
+    with pytest.raises(T2VError, match="mean_type 'x0' is not supported"):
+        checkpoint.load_config(checkpoint.resolve(str(root)))
