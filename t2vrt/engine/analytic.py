@@ -58,6 +58,7 @@ def _transformer(w: _Walk, ch: int, inner: int, n_pos: int, ctx: int | None, gro
     w.op(c, d, d, 3 * d, d)  # x, h, LayerNorm -> q, k, v -> fused attention out
     w.op(c, d, d, d)  # to_out + residual
     w.op(c, d, d, 8 * d)  # LayerNorm -> ff proj (GEGLU: value and gate)
+    w.op(c, d, 8 * d, 4 * d, 4 * d)  # the two halves sliced out while the projection is still live
     w.op(c, d, 8 * d, 4 * d)  # gelu(gate) * value
     w.op(c, d, 4 * d, d)  # ff out
     w.op(c, d, c)  # proj_out

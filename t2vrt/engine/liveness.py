@@ -56,7 +56,13 @@ def _with_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, .
     for out in m.graph.output:  # outputs' symbolic dims would otherwise clash with the concrete ones inferred
         for d in out.type.tensor_type.shape.dim:
             d.Clear()
-    return shape_inference.infer_shapes(m, data_prop=True)
+    try:  # onnxruntime's symbolic inference resolves Slice/Reshape with computed bounds (GEGLU halves) that onnx's misses
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        inferred: onnx.ModelProto = SymbolicShapeInference.infer_shapes(m, auto_merge=True)
+        return inferred
+    except Exception:  # noqa: BLE001 - any failure there: fall back to onnx's own (unresolved tensors are reported)
+        return shape_inference.infer_shapes(m, data_prop=True)
 
 
 def _nbytes(vi: onnx.ValueInfoProto) -> int | None:
