@@ -20,3 +20,7 @@ for _command in COMMANDS:
 
 def main() -> None:
     cli(prog_name="t2vrt")
+
+
+if __name__ == "__main__":
+    main()

@@ -28,11 +28,11 @@ def make_session(path: Path, device: str = "cpu", threads: int | None = None):  
     thread per physical core, sequential execution: the graphs are chains, so parallel branches buy nothing)."""
     import onnxruntime as ort
 
+    ort.set_default_logger_severity(3)  # graph-optimiser chatter (fp16 CPU kernels it lacks) is not the user's business
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.intra_op_num_threads = threads or cpu_threads()
-    opts.log_severity_level = 3  # the fp16 graphs make ORT warn about CPU kernels it lacks; not the user's business
     if device == "cuda":
         providers: list = [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}), "CPUExecutionProvider"]
     else:
