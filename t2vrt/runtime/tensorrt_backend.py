@@ -187,9 +187,13 @@ class TensorRTRunner:
         if not self.context.execute_async_v3(int(self._b.cuda.stream)):
             raise T2VError(f"TensorRT failed to run the {self.component} engine")
 
-    def free(self) -> None:
+    def drop_graph(self) -> None:
         if self._graph is not None:
             self._b.cuda.rt.cudaGraphExecDestroy(self._graph)
+        self._graph, self._calls = None, 0
+
+    def free(self) -> None:
+        self.drop_graph()
         for ptr in self.buffers.values():
             self._b.cuda.free(ptr)
         self.buffers.clear()
@@ -221,6 +225,9 @@ class TensorRTBackend:
         self.resident = self.plan["residency"] == "resident"
         self.runners: dict[str, TensorRTRunner] = {}
         self._block, self._block_size = 0, 0  # the shared activation block
+        measured = record.get("measured", {})
+        # resident: size the block once for the largest engine, so it never moves under a captured CUDA graph
+        self._want = max((int(v.get("device_memory", 0)) for v in measured.values()), default=0) if self.resident else 0
         self._bound: dict[str, int] = {}
 
     def hints(self) -> Hints:
@@ -247,11 +254,13 @@ class TensorRTBackend:
 
     def bind_device_memory(self, runner: TensorRTRunner) -> None:
         """Give the runner's context the shared activation block, growing it if this engine needs more."""
-        need = int(runner.context.update_device_memory_size_for_shapes())
+        need = max(int(runner.context.update_device_memory_size_for_shapes()), self._want)
         if need > self._block_size:
             if self._block:
                 self.cuda.sync()
                 self.cuda.free(self._block)
+                for r in self.runners.values():  # graphs captured with the old block's addresses are invalid now
+                    r.drop_graph()
             self._block, self._block_size = self.cuda.malloc(need), need
             self._bound.clear()
         if self._bound.get(runner.component) != self._block:
