@@ -42,9 +42,9 @@ def _copy(written, layout: str, tmp_path: Path) -> Path:
 def _inputs(cfg):
     g = torch.Generator().manual_seed(123)
     tokens = torch.randint(0, cfg.text_encoder.vocab_size, (2, cfg.text_encoder.context_length), generator=g)
-    latents = torch.randn(1, cfg.unet.in_channels, 3, 16, 16, generator=g)  # (b, c, f, h, w)
+    latents = torch.randn(1, cfg.unet.in_channels, 2, 8, 8, generator=g)  # (b, c, f, h, w)
     context = torch.randn(1, cfg.text_encoder.context_length, cfg.unet.context_dim, generator=g)
-    z = torch.randn(2, cfg.vae.embed_dim, 8, 8, generator=g)
+    z = torch.randn(2, cfg.vae.embed_dim, 4, 4, generator=g)
     return {
         "text_encoder": (tokens,),
         "unet": (latents, torch.tensor([501.0]), context),
@@ -281,3 +281,75 @@ def test_original_config_honours_configuration_json(written, tmp_path):
     (root / "configuration.json").write_text(json.dumps(cfg))
     with pytest.raises(T2VError, match="mean_type 'x0' is not supported"):
         checkpoint.load_config(checkpoint.resolve(str(root)))
+
+
+# ---- the written diffusers directory is one that diffusers and transformers themselves read ---------------------
+
+
+@torch.no_grad()
+def test_written_diffusers_loads_in_reference_libraries(tiny, written):
+    from diffusers import AutoencoderKL, UNet3DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    root, cfg = written["diffusers"], preset("tiny")
+    (tokens,), (latents, t, context), (z,) = _inputs(cfg).values()
+    unet = UNet3DConditionModel.from_pretrained(root / "unet").eval()
+    vae = AutoencoderKL.from_pretrained(root / "vae").eval()
+    text = CLIPTextModel.from_pretrained(root / "text_encoder").eval()
+    diffs = {
+        "unet": tiny["unet"](latents, t, context) - unet(latents, t, encoder_hidden_states=context).sample,
+        "vae_decoder": tiny["vae_decoder"](z) - vae.decode(z / cfg.vae.scaling_factor).sample,
+        "text_encoder": tiny["text_encoder"](tokens) - text(tokens).last_hidden_state,
+    }
+    for name, d in diffs.items():
+        print(f"written diffusers {name} vs reference library: max |diff| = {d.abs().max().item():.3g}")
+        assert d.abs().max().item() < 1e-4, name
+
+    import open_clip  # type: ignore[import-untyped]
+
+    tok = CLIPTokenizer.from_pretrained(root / "tokenizer")
+    # No "!" here: the diffusers repos make "!" their pad token, so transformers splits it out as id 0 where
+    # open_clip has "!</w>" (256); the real repo's tokenizer does the same.
+    prompts = ["An astronaut riding a horse, 4k.", "   Hello\tWORLD  café ", "a " * 100]
+    ids = tok(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    want = open_clip.tokenize(prompts)
+    assert torch.equal(ids, want), (ids[:, :12], want[:, :12])
+    assert tok.pad_token == "!" and tok.pad_token_id == 0 and tok.bos_token_id == 49406 and tok.eos_token_id == 49407
+
+
+def test_sharded_diffusers_weights(tiny, tmp_path):
+    root = write_diffusers(tmp_path / "sharded", tiny, preset("tiny"), max_shard_bytes=4 << 20)
+    index = root / "unet" / "diffusion_pytorch_model.safetensors.index.json"
+    shards = sorted(p.name for p in (root / "unet").glob("*-of-*.safetensors"))
+    print(f"unet shards: {shards}")
+    assert index.is_file() and len(shards) >= 4
+    source = checkpoint.resolve(str(root))
+    assert source.parts["unet"] == index and all(root / "unet" / s in source.files for s in shards)
+    _, models = checkpoint.load_model(source)
+    for name, module in tiny.items():
+        want = module.state_dict()
+        assert all(torch.equal(v, want[k]) for k, v in models[name].state_dict().items()), name
+
+
+def test_hub_files_pick_one_weights_variant():
+    listing = {
+        "model_index.json", "README.md", "scheduler/scheduler_config.json", "tokenizer/vocab.json", "tokenizer/merges.txt",
+        "unet/config.json", "unet/diffusion_pytorch_model.bin", "unet/diffusion_pytorch_model.fp16.safetensors",
+        "unet/diffusion_pytorch_model.safetensors.index.json",
+        "unet/diffusion_pytorch_model-00001-of-00002.safetensors", "unet/diffusion_pytorch_model-00002-of-00002.safetensors",
+        "vae/config.json", "vae/diffusion_pytorch_model.bin", "vae/diffusion_pytorch_model.fp16.bin",
+        "text_encoder/config.json", "text_encoder/pytorch_model.bin",  # fp32 before the fp16 variant "text_encoder/pytorch_model.bin",
+        "zs2_576w/text2video_pytorch_model.pth",
+    }  # fmt: skip
+    files = checkpoint.hub_files("org/x", listing)
+    assert files == [
+        "model_index.json", "scheduler/scheduler_config.json", "tokenizer/merges.txt", "tokenizer/vocab.json",
+        "unet/config.json", "unet/diffusion_pytorch_model.safetensors.index.json",
+        "unet/diffusion_pytorch_model-00001-of-00002.safetensors", "unet/diffusion_pytorch_model-00002-of-00002.safetensors",
+        "vae/config.json", "vae/diffusion_pytorch_model.bin",
+        "text_encoder/config.json", "text_encoder/pytorch_model.bin",  # fp32 before the fp16 variant
+    ]  # fmt: skip
+    original = {"configuration.json", "text2video_pytorch_model.pth", "open_clip_pytorch_model.bin", "VQGAN_autoencoder.pth"}
+    assert sorted(checkpoint.hub_files("org/y", original | {"README.md"})) == sorted(original)
+    with pytest.raises(T2VError, match="neither a diffusers nor an original"):
+        checkpoint.hub_files("org/z", {"README.md"})

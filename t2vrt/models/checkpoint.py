@@ -30,7 +30,15 @@ ORIGINAL_FILES = {  # role -> default file name; configuration.json's model_args
     "vae": "VQGAN_autoencoder.pth",
 }
 _MODEL_ARGS = {"unet": "ckpt_unet", "text_encoder": "ckpt_clip", "vae": "ckpt_autoencoder"}
-DIFFUSERS_PARTS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
+# part -> weights file names in order of preference (diffusers' names; transformers' for the text encoder).
+DIFFUSERS_PARTS = {
+    part: [f"{stem}{variant}{ext}" for variant in ("", ".fp16") for stem, ext in stems]
+    for part, stems in {
+        "unet": [("diffusion_pytorch_model", ".safetensors"), ("diffusion_pytorch_model", ".bin")],
+        "vae": [("diffusion_pytorch_model", ".safetensors"), ("diffusion_pytorch_model", ".bin")],
+        "text_encoder": [("model", ".safetensors"), ("pytorch_model", ".bin")],
+    }.items()
+}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -87,13 +95,12 @@ def _original_source(root: Path, hint: str) -> Source:
     return Source("original", root, tuple(parts.values()), parts, hint)
 
 
-def _weights_file(folder: Path, stem: str) -> Path | None:
-    """The one weights file of a diffusers subfolder: safetensors first, fp32 before the fp16 variant; sharded ok."""
-    for variant in ("", ".fp16"):
-        for ext in (".safetensors", ".bin"):
-            for name in (f"{stem}{variant}{ext}", f"{stem}{variant}{ext}.index.json"):
-                if (folder / name).is_file():
-                    return folder / name
+def _weights_file(folder: Path, names: list[str]) -> Path | None:
+    """The one weights file of a diffusers subfolder (see DIFFUSERS_PARTS), or the index of its shards."""
+    for name in names:
+        for candidate in (name, f"{name}.index.json"):
+            if (folder / candidate).is_file():
+                return folder / candidate
     return None
 
 
@@ -102,13 +109,13 @@ def _diffusers_source(root: Path, hint: str) -> Source:
     files: list[Path] = []
     if (root / "model_index.json").is_file():
         files.append(root / "model_index.json")
-    for part, stem in DIFFUSERS_PARTS.items():
+    for part, names in DIFFUSERS_PARTS.items():
         folder = root / part
         if not (folder / "config.json").is_file():
             raise UsageError(f"{str(root)!r}: diffusers layout but {part}/config.json is missing")
-        weights = _weights_file(folder, stem)
+        weights = _weights_file(folder, names)
         if weights is None:
-            raise UsageError(f"{str(root)!r}: diffusers layout but {part}/ has no {stem}.safetensors or {stem}.bin")
+            raise UsageError(f"{str(root)!r}: diffusers layout but {part}/ has no {' or '.join(names[:2])}")
         parts[f"{part}_config"], parts[part] = folder / "config.json", weights
         files += [folder / "config.json", *_shards(weights)]
     scheduler = root / "scheduler" / "scheduler_config.json"
@@ -125,26 +132,39 @@ def _shards(weights: Path) -> list[Path]:
     return [weights, *(weights.parent / Path(str(s)).name for s in sorted(set(index.values())))]
 
 
+def hub_files(repo_id: str, names: set[str]) -> list[str]:
+    """The files of a hub repo listing that the loader reads (diffusers layout preferred, one weights variant)."""
+    if "model_index.json" in names:
+        files = ["model_index.json"] + sorted(n for n in names if n.startswith(("scheduler/", "tokenizer/")))
+        for part, candidates in DIFFUSERS_PARTS.items():
+            files.append(f"{part}/config.json")
+            for name in candidates:
+                single, index = f"{part}/{name}", f"{part}/{name}.index.json"
+                if single in names:
+                    files.append(single)
+                    break
+                if index in names:  # shards: stem-0000k-of-0000n[.fp16].ext
+                    stem, ext = name.split(".", 1)[0], "." + name.rsplit(".", 1)[1]
+                    fp16 = ".fp16" in name
+                    shards = [n for n in names if n.startswith(f"{part}/{stem}-") and "-of-" in n
+                              and n.endswith(ext) and (".fp16" in n) == fp16]  # fmt: skip
+                    files += [index, *sorted(shards)]
+                    break
+        return files
+    if ORIGINAL_FILES["config"] in names:
+        return list(ORIGINAL_FILES.values())
+    raise T2VError(f"hub repo {repo_id!r} holds neither a diffusers nor an original ModelScope checkpoint")
+
+
 def download(repo_id: str) -> Path:
-    """Fetch the files the loader needs from the Hugging Face hub (diffusers layout preferred); T2VError if it fails."""
+    """Fetch the files the loader needs from the Hugging Face hub; T2VError if it fails."""
     try:
         from huggingface_hub import HfApi, snapshot_download
     except ImportError:
         raise T2VError(f"{repo_id!r} looks like a hub id, but huggingface_hub is not installed (pip install 't2vrt[export]')") from None
     try:
-        names = set(HfApi().list_repo_files(repo_id))
-        if "model_index.json" in names:
-            patterns = ["model_index.json", "scheduler/*.json", "tokenizer/*"]
-            for part, stem in DIFFUSERS_PARTS.items():
-                have = [n for n in names if n.startswith(f"{part}/{stem}")]
-                pick = next((f"{part}/{stem}{v}{e}" for v in ("", ".fp16") for e in (".safetensors", ".bin")
-                             if any(n.startswith(f"{part}/{stem}{v}{e}") for n in have)), None)  # fmt: skip
-                patterns += [f"{part}/config.json", f"{pick}*" if pick else f"{part}/{stem}*"]
-        elif ORIGINAL_FILES["config"] in names:
-            patterns = list(ORIGINAL_FILES.values())
-        else:
-            raise T2VError(f"hub repo {repo_id!r} holds neither a diffusers nor an original ModelScope checkpoint")
-        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+        files = hub_files(repo_id, set(HfApi().list_repo_files(repo_id)))
+        return Path(snapshot_download(repo_id, allow_patterns=files))
     except T2VError:
         raise
     except Exception as e:  # noqa: BLE001 - network, auth and hub errors all become one line

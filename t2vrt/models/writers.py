@@ -179,10 +179,39 @@ def save_lightning(ckpt: Mapping[str, Any], path: str | Path) -> None:
 # ---- diffusers layout ------------------------------------------------------------------------------------------
 
 
-def write_diffusers(root: str | Path, models: Mapping[str, nn.Module], cfg: ModelConfig, seed: int = 0) -> Path:
-    """A diffusers TextToVideoSDPipeline directory in `root` (created); weights as safetensors."""
+def save_safetensors(sd: Mapping[str, Tensor], path: Path, max_shard_bytes: int = 2 << 30) -> None:
+    """One file, or `stem-0000k-of-0000n.safetensors` shards plus `<name>.index.json` as diffusers writes past a
+    size: safetensors serialises a whole file in memory, so shards bound the extra RAM for full-size models."""
     from safetensors.torch import save_file
 
+    shards: list[dict[str, Tensor]] = [{}]
+    size = 0
+    for k, v in sd.items():
+        nbytes = v.numel() * v.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][k] = v.contiguous()
+        size += nbytes
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if len(shards) == 1:
+        save_file(shards[0], str(path), metadata={"format": "pt"})
+        return
+    stem = path.name.removesuffix(".safetensors")
+    weight_map = {}
+    for i, shard in enumerate(shards, 1):
+        name = f"{stem}-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(path.parent / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, name))
+    total = sum(v.numel() * v.element_size() for v in sd.values())
+    _json(path.with_name(path.name + ".index.json"), {"metadata": {"total_size": total}, "weight_map": weight_map})
+
+
+def write_diffusers(
+    root: str | Path, models: Mapping[str, nn.Module], cfg: ModelConfig, seed: int = 0, max_shard_bytes: int = 2 << 30
+) -> Path:
+    """A diffusers TextToVideoSDPipeline directory in `root` (created); weights as safetensors (sharded past
+    `max_shard_bytes`, as diffusers does)."""
     from t2vrt.models import text_encoder_keys, unet3d_keys, vae_keys
 
     root = Path(root)
@@ -199,7 +228,7 @@ def write_diffusers(root: str | Path, models: Mapping[str, nn.Module], cfg: Mode
 
     def save(part: str, file: str, config: dict, sd: Mapping[str, Tensor]) -> None:
         _json(root / part / "config.json", config)
-        save_file({k: v.contiguous() for k, v in sd.items()}, str(root / part / file), metadata={"format": "pt"})
+        save_safetensors(sd, root / part / file, max_shard_bytes)
 
     unet_cfg = {"_class_name": "UNet3DConditionModel", "_diffusers_version": DIFFUSERS_VERSION, "sample_size": 32}
     save("unet", "diffusion_pytorch_model.safetensors", unet_cfg | unet3d_keys.config_to_diffusers(cfg.unet),
