@@ -240,8 +240,9 @@ def load_model(source: Source, dtype: torch.dtype = torch.float32) -> tuple[Mode
             check_state(name, module, states[name], source.parts.get(_PART_OF[name]))
             state = {k: _cast_aligned(v, dtype) for k, v in states[name].items()}
             module.load_state_dict(state, strict=True, assign=True)
-            if hasattr(module, "init_buffers"):
-                module.init_buffers("cpu")  # non-persistent buffers (the causal mask) are not in any checkpoint
+            init_buffers = getattr(module, "init_buffers", None)
+            if callable(init_buffers):
+                init_buffers("cpu")  # non-persistent buffers (the causal mask) are not in any checkpoint
             _check_materialised(name, module)
     for module in models.values():
         module.to(dtype).eval().requires_grad_(False)

@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 
@@ -23,6 +24,7 @@ from t2vrt.models.vae import VAEDecoderConfig
 
 Tensor = torch.Tensor
 StateDict = dict[str, Tensor]
+T = TypeVar("T")
 _MEAN_TYPES = {"eps": "epsilon", "v": "v_prediction"}
 
 
@@ -43,7 +45,7 @@ def config_of(source: Source) -> ModelConfig:
     return ModelConfig(name or Path(str(source.hint or source.root)).name, unet, text, vae, schedule, defaults)
 
 
-def _guard(what: str, file: Path | None, fn: Callable, *args: object) -> object:
+def _guard(what: str, file: Path | None, fn: Callable[..., T], *args: Any) -> T:
     """Run a key map / config reader; its KeyError or ValueError becomes one T2VError naming the component and file."""
     try:
         return fn(*args)
@@ -103,7 +105,7 @@ def _original_vae_state(source: Source) -> StateDict:
     from t2vrt.models import vae_keys
 
     path = source.parts["vae"]
-    return _guard("vae_decoder", path, vae_keys.lightning_to_ours, load_lightning_state_dict(path))  # type: ignore[return-value]
+    return _guard("vae_decoder", path, vae_keys.lightning_to_ours, load_lightning_state_dict(path))
 
 
 def vae_config_from_state(sd: Mapping[str, Tensor], base: VAEDecoderConfig) -> VAEDecoderConfig:
@@ -192,7 +194,7 @@ def our_state_dicts(source: Source, cfg: ModelConfig) -> dict[str, StateDict]:
             "text_encoder": _guard("text_encoder", p["text_encoder"], text_encoder_keys.openclip_to_ours, clip, cfg.text_encoder),
             "unet": load_state_file(p["unet"]),  # the original module names are ours
             "vae_decoder": _original_vae_state(source),
-        }  # type: ignore[dict-item]
+        }
     if source.layout == "diffusers":
         return {
             "text_encoder": _guard(
@@ -201,5 +203,5 @@ def our_state_dicts(source: Source, cfg: ModelConfig) -> dict[str, StateDict]:
             ),
             "unet": _guard("unet", p["unet"], unet3d_keys.diffusers_to_original, _weights(p["unet"]), cfg.unet),
             "vae_decoder": _guard("vae_decoder", p["vae"], vae_keys.diffusers_to_original, _weights(p["vae"]), cfg.vae),
-        }  # type: ignore[dict-item]  # fmt: skip
+        }  # fmt: skip
     raise T2VError(f"layout {source.layout!r} has no files to load")

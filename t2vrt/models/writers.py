@@ -157,7 +157,10 @@ def lightning_checkpoint(vae_decoder: nn.Module, cfg: ModelConfig, gen: torch.Ge
     }
 
 
-class _AliasPickler(pickle._Pickler):  # type: ignore[name-defined]
+_PurePythonPickler: Any = pickle._Pickler  # type: ignore[attr-defined]  # its save_global can be overridden
+
+
+class _AliasPickler(_PurePythonPickler):
     """Writes a class carrying `_pickle_as = (module, name)` as that global, without importing it."""
 
     def save_global(self, obj: Any, name: str | None = None) -> None:
