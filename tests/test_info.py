@@ -113,3 +113,22 @@ def test_counts_full_size_on_meta_match_diffusers(tmp_path):
     decoder_side = sum(t.numel() for n, t in vae.named_parameters() if n.startswith(("decoder.", "post_quant_conv.")))
     assert p["vae_decoder"] == decoder_side
     assert 1.3e9 < p["unet"] < 1.5e9
+
+
+def test_info_describes_a_bundle_and_its_engines(tiny_bundle, tmp_path) -> None:
+    import shutil
+
+    from click.testing import CliRunner
+
+    from t2vrt.cli import cli
+
+    b = tmp_path / "b"
+    shutil.copytree(tiny_bundle, b)
+    r = CliRunner().invoke(cli, ["info", str(b)])
+    assert r.exit_code == 0, r.output
+    assert "name:    tiny" in r.output and "fp16 gate" in r.output and "TensorRT engines: none" in r.output
+    half = b / "engines" / "SomeGPU-sm89-trt10.13" / "unet-0123.plan.tmp"  # an interrupted build
+    half.parent.mkdir(parents=True)
+    half.write_bytes(b"partial")
+    r = CliRunner().invoke(cli, ["info", str(b)])
+    assert "TensorRT engines: 1" in r.output and "STALE" in r.output and "--clean" in r.output

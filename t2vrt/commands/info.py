@@ -17,7 +17,8 @@ def is_bundle(model: str) -> bool:
 
 
 def describe_bundle(bundle: Path) -> dict[str, Any]:
-    """A bundle's manifest summary (torch-free). The place to add its TensorRT engines (`engines/`)."""
+    """A bundle's manifest summary and its TensorRT engines on disk (torch-free)."""
+    from t2vrt.engine.store import bundle_engine_summary
     from t2vrt.manifest import load_manifest
 
     m = load_manifest(bundle)
@@ -31,6 +32,9 @@ def describe_bundle(bundle: Path) -> dict[str, Any]:
             name: {p: {"path": str(f.path), "bytes": f.bytes, "parity": f.parity} for p, f in c.files.items()}
             for name, c in m.components.items()
         },
+        "fp16_gate": m.raw.get("fp16_gate"),
+        "source": {k: m.raw["source"].get(k) for k in ("layout", "location")},
+        "engines": bundle_engine_summary(bundle),
     }
 
 
@@ -38,7 +42,21 @@ def format_bundle(d: dict[str, Any]) -> str:
     lines = [f"bundle:  {d['bundle']}", f"name:    {d['name']}", f"precisions: {', '.join(d['precisions']) or 'none'}"]
     for name, files in d["components"].items():
         for p, f in files.items():
-            lines.append(f"  {name:<13} {p}  {f['bytes']:>14,} bytes  {Path(f['path']).name}")
+            err = f["parity"].get("rel_l2")
+            gate = f"rel L2 {err:.1e} vs PyTorch" if err is not None else ""
+            lines.append(f"  {name:<13} {p}  {f['bytes']:>14,} bytes  {Path(f['path']).name:<11} {gate}")
+    if d.get("fp16_gate"):
+        lines.append(f"fp16 gate: decoded frames {d['fp16_gate']['psnr_db']:.1f} dB PSNR vs fp32")
+    lines.append(f"source:  {d['source']['layout']} {d['source']['location']}")
+    engines = d.get("engines") or []
+    lines.append(f"TensorRT engines: {len(engines) or 'none (t2vrt build BUNDLE)'}")
+    for e in engines:
+        state = f"STALE: {e['stale']}" if e["stale"] else "ok"
+        lines.append(
+            f"  {e['target']}  {e['component'] or '?'}  {e['shapes'] or '?'}  {e['bytes'] / 2**20:,.1f} MiB  {state}"
+        )
+    if any(e["stale"] for e in engines):
+        lines.append("remove stale engines with: t2vrt build BUNDLE --clean")
     return "\n".join(lines)
 
 
