@@ -71,6 +71,22 @@ def test_graphs_are_dynamic(tiny_bundle: Path, tiny_models) -> None:
         assert err <= FP32_REL_L2_BAR
 
 
+def test_tracing_leaves_the_model_in_eval_mode(tmp_path: Path, tiny_models) -> None:
+    """The exporter restores the wrapper's train/eval mode recursively; a wrapper in training mode would switch the
+    model's Dropouts on for everything run after the export."""
+    import torch
+
+    from t2vrt.export.bundle import EngineIO, component_spec
+    from t2vrt.export.numerics import TRACE_DIMS
+    from t2vrt.export.onnx_io import trace_to_onnx
+
+    cfg, models = tiny_models
+    spec = component_spec("vae_decoder", cfg)
+    trace_to_onnx(EngineIO(models["vae_decoder"], torch.float32), spec,
+                  sample_inputs(spec, TRACE_DIMS["vae_decoder"]), tmp_path / "vae.onnx", 17)
+    assert not any(m.training for m in models["vae_decoder"].modules())
+
+
 def test_reexport_reuses_unchanged_components(tiny_bundle: Path, tmp_path: Path) -> None:
     out = tmp_path / "b"
     shutil.copytree(tiny_bundle, out)

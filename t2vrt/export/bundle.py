@@ -72,6 +72,9 @@ class EngineIO(nn.Module):
         super().__init__()
         self.module = module
         self.dtype = dtype
+        # A new Module starts in training mode, and the exporter restores the wrapper's mode recursively when it is
+        # done: without this, exporting would leave the wrapped model in training mode (Dropout live).
+        self.train(module.training)
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
         cast = [a.to(self.dtype) if a.is_floating_point() and a.ndim > 1 else a for a in args]
