@@ -84,7 +84,7 @@ def _original_source(root: Path, hint: str) -> Source:
     config = root / ORIGINAL_FILES["config"]
     if not config.is_file():
         raise UsageError(f"{str(root)!r}: original ModelScope layout but {config.name} is missing")
-    raw = _read_json(config)
+    raw = read_json_object(config)
     model_args = raw.get("model", raw).get("model_args") or {}  # the release nests model_args and model_cfg in "model"
     parts = {"config": config}
     for role, arg in _MODEL_ARGS.items():
@@ -128,7 +128,7 @@ def _diffusers_source(root: Path, hint: str) -> Source:
 def _shards(weights: Path) -> list[Path]:
     if not weights.name.endswith(".index.json"):
         return [weights]
-    index = _read_json(weights).get("weight_map", {})
+    index = read_json_object(weights).get("weight_map", {})
     return [weights, *(weights.parent / Path(str(s)).name for s in sorted(set(index.values())))]
 
 
@@ -174,7 +174,8 @@ def download(repo_id: str) -> Path:
         ) from None
 
 
-def _read_json(path: Path) -> dict:
+def read_json_object(path: Path) -> dict:
+    """A JSON file holding an object, or one T2VError line naming the file."""
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

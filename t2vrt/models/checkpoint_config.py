@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import torch
 
 from t2vrt.errors import T2VError
-from t2vrt.models.checkpoint import Source
+from t2vrt.models.checkpoint import Source, read_json_object
 from t2vrt.models.presets import PRESETS, ModelConfig, ScheduleConfig, preset
 from t2vrt.models.safe_load import load_lightning_state_dict, load_state_file
 from t2vrt.models.vae import VAEDecoderConfig
@@ -134,18 +134,18 @@ def _diffusers_config(source: Source):
     from t2vrt.models import text_encoder_keys, unet3d_keys, vae_keys
 
     p = source.parts
-    unet = _guard("unet config", p["unet_config"], unet3d_keys.config_from_diffusers, _json(p["unet_config"]))
+    unet = _guard("unet config", p["unet_config"], unet3d_keys.config_from_diffusers, read_json_object(p["unet_config"]))
     text = _guard(
         "text_encoder config", p["text_encoder_config"], text_encoder_keys.config_from_diffusers,
-        _json(p["text_encoder_config"]),
+        read_json_object(p["text_encoder_config"]),
     )  # fmt: skip
-    vae = _guard("vae config", p["vae_config"], vae_keys.config_from_diffusers, _json(p["vae_config"]))
+    vae = _guard("vae config", p["vae_config"], vae_keys.config_from_diffusers, read_json_object(p["vae_config"]))
     schedule = _scheduler(p["scheduler"]) if "scheduler" in p else ScheduleConfig()
     return unet, text, vae, schedule
 
 
 def _scheduler(path: Path) -> ScheduleConfig:
-    d = _json(path)
+    d = read_json_object(path)
     s = ScheduleConfig(
         num_train_timesteps=int(d.get("num_train_timesteps", 1000)),
         beta_start=float(d.get("beta_start", 0.00085)),
@@ -160,22 +160,12 @@ def _scheduler(path: Path) -> ScheduleConfig:
     return s
 
 
-def _json(path: Path) -> dict:
-    try:
-        d = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise T2VError(f"cannot read {str(path)!r}: {e}") from None
-    if not isinstance(d, dict):
-        raise T2VError(f"{str(path)!r} does not hold a JSON object")
-    return d
-
-
 def _weights(path: Path) -> StateDict:
     """One weights file, or every shard a *.index.json names, merged."""
     if not path.name.endswith(".index.json"):
         return load_state_file(path)
     out: StateDict = {}
-    for shard in sorted(set(_json(path).get("weight_map", {}).values())):
+    for shard in sorted(set(read_json_object(path).get("weight_map", {}).values())):
         out.update(load_state_file(path.parent / Path(str(shard)).name))
     return out
 

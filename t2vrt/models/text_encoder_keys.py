@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import torch
 
 from t2vrt.errors import UsageError
+from t2vrt.models.state_check import check_shapes
 from t2vrt.models.text_encoder import TextEncoderConfig
 
 Tensor = torch.Tensor
@@ -46,15 +47,7 @@ def expected_shapes(cfg: TextEncoderConfig) -> dict[str, tuple[int, ...]]:
 
 def check_state(sd: Mapping[str, Tensor], cfg: TextEncoderConfig) -> None:
     """Exact key set and shapes of our layout; raises KeyError / ValueError naming the first mismatch."""
-    shapes = expected_shapes(cfg)
-    for k in sd:
-        if k not in shapes:
-            raise KeyError(f"unexpected text encoder key {k!r}")
-    for k, shape in shapes.items():
-        if k not in sd:
-            raise KeyError(f"missing text encoder key {k!r}")
-        if tuple(sd[k].shape) != shape:
-            raise ValueError(f"text encoder key {k!r} has shape {tuple(sd[k].shape)}, expected {shape}")
+    check_shapes(sd, expected_shapes(cfg), "text encoder")
 
 
 # ---- OpenCLIP ------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import torch
 
 from t2vrt.errors import UsageError
+from t2vrt.models.state_check import check_shapes
 from t2vrt.models.vae import VAEDecoderConfig
 
 Tensor = torch.Tensor
@@ -68,15 +69,7 @@ def expected_shapes(cfg: VAEDecoderConfig) -> dict[str, tuple[int, ...]]:
 
 def check_state(sd: Mapping[str, Tensor], cfg: VAEDecoderConfig) -> None:
     """Exact key set and shapes of our layout; raises KeyError / ValueError naming the first mismatch."""
-    shapes = expected_shapes(cfg)
-    for k in sd:
-        if k not in shapes:
-            raise KeyError(f"unexpected VAE decoder key {k!r}")
-    for k, shape in shapes.items():
-        if k not in sd:
-            raise KeyError(f"missing VAE decoder key {k!r}")
-        if tuple(sd[k].shape) != shape:
-            raise ValueError(f"VAE decoder key {k!r} has shape {tuple(sd[k].shape)}, expected {shape}")
+    check_shapes(sd, expected_shapes(cfg), "VAE decoder")
 
 
 def _diffusers_name(key: str, levels: int) -> str:
