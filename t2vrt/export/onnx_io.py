@@ -86,7 +86,9 @@ def consolidate_external_data(model: onnx.ModelProto, src_dir: Path, path: Path)
 def tidy(model: onnx.ModelProto) -> onnx.ModelProto:
     """Fold constants, drop dead nodes and sort: fewer, bigger nodes for TensorRT's parser and ORT's optimiser."""
     import onnx_graphsurgeon as gs
+    import onnxruntime
 
+    onnxruntime.set_default_logger_severity(3)  # the folder runs ORT, whose optimiser chatter is noise here
     graph = gs.import_onnx(model)
     graph.fold_constants().cleanup().toposort()
     tidied = gs.export_onnx(graph)
