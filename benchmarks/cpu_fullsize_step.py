@@ -124,10 +124,11 @@ def step_inputs(seed: int = 3) -> dict[str, np.ndarray]:
 
 
 def ort_variants(threads: int) -> dict[str, dict]:
-    """Session settings tried: name -> what differs from t2vrt's make_session (all optimisations, sequential,
-    one thread per physical core, arena and memory pattern on)."""
+    """Session settings tried: name -> what differs from the base (all optimisations, sequential, one thread per
+    physical core, arena and memory pattern on, ORT's default spinning). t2vrt's make_session is ort-all-nospin,
+    the fastest in the 2026-11-24 screen."""
     return {
-        "ort-all": {},  # = t2vrt.runtime.onnxruntime_backend.make_session
+        "ort-all": {},
         "ort-extended": {"level": "ORT_ENABLE_EXTENDED"},  # no NCHWc layout transform of the convolutions
         "ort-all-nospin": {"config": {"session.intra_op.allow_spinning": "0"}},  # idle threads sleep, not spin
         "ort-all-noarena": {"arena": False, "mem_pattern": False},

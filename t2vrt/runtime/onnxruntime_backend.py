@@ -25,7 +25,8 @@ def cpu_threads() -> int:
 
 def make_session(path: Path, device: str = "cpu", threads: int | None = None):  # -> onnxruntime.InferenceSession
     """One session for one graph file, with the options the benchmarks chose (all graph optimisations, one
-    thread per physical core, sequential execution: the graphs are chains, so parallel branches buy nothing)."""
+    thread per physical core, no spinning, sequential execution: the graphs are chains, so parallel branches buy
+    nothing)."""
     import onnxruntime as ort
 
     ort.set_default_logger_severity(3)  # graph-optimiser chatter (fp16 CPU kernels it lacks) is not the user's business
@@ -33,6 +34,9 @@ def make_session(path: Path, device: str = "cpu", threads: int | None = None):  
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.intra_op_num_threads = threads or cpu_threads()
+    # Idle pool threads sleep instead of spinning: the fastest setting in the full-size CPU step screen
+    # (benchmarks/results/cpu_fullsize_step-*), and kinder to a desktop that is doing other things.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if device == "cuda":
         providers: list = [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}), "CPUExecutionProvider"]
     else:
