@@ -59,8 +59,11 @@ def bundle_sizes(
     model_cfg = manifest.raw["model"]["config"]
     weights = {name: c.file(precision).bytes for name, c in manifest.components.items()}
     scale: dict[str, float] = {}
-    for name, dims in (calibrate_at or {}).items():
+    try:
         from t2vrt.engine.liveness import liveness, load_graph  # onnx only when calibrating
+    except ImportError:  # a runtime-only install (no onnx package): the analytic estimate stands alone
+        calibrate_at = None
+    for name, dims in (calibrate_at or {}).items():
 
         comp = manifest.components[name]
         live = liveness(load_graph(comp.file(precision).path), comp.io.shapes(dims))
