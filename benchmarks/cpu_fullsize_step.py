@@ -338,7 +338,7 @@ def markdown(r: dict, text: str, name: str) -> str:
              "| setting | step (s) | session load (s) | load average (1 min) |", "|---|---|---|---|"]
     for n, s in r["screen"].items():
         load = ", ".join(f"{x:.1f}" for x in s["load_1min"])
-        lines.append(f"| {n} {s['settings'] or '(t2vrt default)'} | {s['step']['mean']:.1f} | {s['session_seconds']:.0f} | {load} |")
+        lines.append(f"| {n} {s['settings'] or '(ORT defaults)'}{' = t2vrt' if n == 'ort-all-nospin' else ''} | {s['step']['mean']:.1f} | {s['session_seconds']:.0f} | {load} |")
     lines += ["", f"Alternating ({r['settings']['warmup']} warm-up, {r['settings']['repeat']} rounds):", "", "```", text, "```", "",
               "| contender | mean (s) | p50 (s) | min (s) | samples (s) | GFLOP/s (mean; best) | of peak (mean; best) |",
               "|---|---|---|---|---|---|---|"]
