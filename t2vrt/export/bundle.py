@@ -7,6 +7,7 @@ affects it (source weights, component config, precision, opset, versions); re-ru
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -268,9 +269,11 @@ def _export_components(opts, cfg, models, todo, keys, components, tmp, progress)
     chain_in = _chain_inputs(cfg) if want_chain else None
     chain32 = gates.chain_frames(lambda n, i: gates.torch_run(models[n], i), chain_in) if want_chain else None
 
-    sessions16 = {}
-    for p in ("fp32", "fp16"):
-        for name in COMPONENTS:
+    # Component by component, fp32 then fp16, each PyTorch module dropped once traced: at full size the peak is one
+    # module plus one ORT session, not all of them.
+    module: nn.Module | None = None
+    for name in COMPONENTS:
+        for p in ("fp32", "fp16"):
             if (name, p) not in todo:
                 continue
             dtype = torch.float32 if p == "fp32" else torch.float16
@@ -282,12 +285,9 @@ def _export_components(opts, cfg, models, todo, keys, components, tmp, progress)
             progress(f"{name} {p}: tracing to ONNX (opset {opts.opset})")
             data = trace_to_onnx(EngineIO(module, dtype), spec, sample_inputs(spec, TRACE_DIMS[name], vocab_size=vocab), path, opts.opset)
             t_export = time.perf_counter() - t0
-            session = make_session(path)
             check, ref = refs[name]
-            got = session.run(spec.output_names, check)[0]
+            got = make_session(path).run(spec.output_names, check)[0]
             parity = gates.check_component(name, p, got, ref)
-            if p == "fp16":
-                sessions16[name] = session
             size = path.stat().st_size + (data.stat().st_size if data else 0)
             components[name]["files"][p] = {
                 "path": rel,
@@ -298,12 +298,17 @@ def _export_components(opts, cfg, models, todo, keys, components, tmp, progress)
                 "parity": {**parity, "export_seconds": round(t_export, 2)},
             }
             progress(f"{name} {p}: {size / 2**20:.1f} MiB, rel L2 vs PyTorch fp32 {parity['rel_l2']:.2e} ({t_export:.1f} s)")
+        module = None
+        models.pop(name)  # the caller's dict: its last reference to the module
+        gc.collect()
     if not want_chain:
         return None
-    for name in COMPONENTS:  # fp16 components reused from the old bundle still take part in the chain
-        if name not in sessions16:
-            sessions16[name] = make_session(tmp / components[name]["files"]["fp16"]["path"])
-    frames16 = gates.chain_frames(lambda n, i: sessions16[n].run(None, i)[0], chain_in)
+
+    def run16(name: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """Each fp16 graph (new or reused) loaded for its one call in the chain, then freed."""
+        return make_session(tmp / components[name]["files"]["fp16"]["path"]).run(None, inputs)[0]
+
+    frames16 = gates.chain_frames(run16, chain_in)
     result = gates.check_fp16_chain(frames16, chain32)
     progress(f"fp16 gate: decoded frames {result['psnr_db']:.1f} dB PSNR vs fp32 (bar {gates.FP16_PSNR_BAR_DB:.0f} dB)")
     return result
