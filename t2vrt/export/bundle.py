@@ -286,7 +286,7 @@ def _export_components(opts, cfg, models, todo, keys, components, tmp, progress)
             data = trace_to_onnx(EngineIO(module, dtype), spec, sample_inputs(spec, TRACE_DIMS[name], vocab_size=vocab), path, opts.opset)
             t_export = time.perf_counter() - t0
             check, ref = refs[name]
-            got = make_session(path).run(spec.output_names, check)[0]
+            got = make_session(path, prepack=False).run(spec.output_names, check)[0]
             parity = gates.check_component(name, p, got, ref)
             size = path.stat().st_size + (data.stat().st_size if data else 0)
             components[name]["files"][p] = {
@@ -306,7 +306,7 @@ def _export_components(opts, cfg, models, todo, keys, components, tmp, progress)
 
     def run16(name: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """Each fp16 graph (new or reused) loaded for its one call in the chain, then freed."""
-        return make_session(tmp / components[name]["files"]["fp16"]["path"]).run(None, inputs)[0]
+        return make_session(tmp / components[name]["files"]["fp16"]["path"], prepack=False).run(None, inputs)[0]
 
     frames16 = gates.chain_frames(run16, chain_in)
     result = gates.check_fp16_chain(frames16, chain32)

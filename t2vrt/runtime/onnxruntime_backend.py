@@ -23,10 +23,11 @@ def cpu_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def make_session(path: Path, device: str = "cpu", threads: int | None = None):  # -> onnxruntime.InferenceSession
+def make_session(path: Path, device: str = "cpu", threads: int | None = None, prepack: bool = True):
     """One session for one graph file, with the options the benchmarks chose (all graph optimisations, one
     thread per physical core, no spinning, sequential execution: the graphs are chains, so parallel branches buy
-    nothing)."""
+    nothing). prepack=False skips ORT's pre-packed weight copies: slower, but a one-off check (the export's parity
+    gate) of a 5.6 GB graph then holds its weights once, not twice."""
     import onnxruntime as ort
 
     ort.set_default_logger_severity(3)  # graph-optimiser chatter (fp16 CPU kernels it lacks) is not the user's business
@@ -37,6 +38,8 @@ def make_session(path: Path, device: str = "cpu", threads: int | None = None):  
     # Idle pool threads sleep instead of spinning: the fastest setting in the full-size CPU step screen
     # (benchmarks/results/cpu_fullsize_step-*), and kinder to a desktop that is doing other things.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not prepack:
+        opts.add_session_config_entry("session.disable_prepacking", "1")
     if device == "cuda":
         providers: list = [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}), "CPUExecutionProvider"]
     else:
