@@ -27,3 +27,15 @@ def test_runtime_modules_import_without_torch() -> None:
 def test_probe_detects_a_leak() -> None:
     """The check above can fail: importing torch is seen."""
     assert "torch" in _leaks("import torch")
+
+
+def test_missing_optional_package_is_one_line() -> None:
+    """A runtime-only install asked to export: one line naming the extra, not a traceback."""
+    code = (
+        "import sys\nsys.modules['torch'] = None\n"  # makes `import torch` raise ModuleNotFoundError
+        "from click.testing import CliRunner\nfrom t2vrt.cli import cli\n"
+        "r = CliRunner().invoke(cli, ['export', 'tiny', '--out', '/tmp/t2vrt-never-written'])\n"
+        "print(r.exit_code, repr(r.output))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out.startswith("2 ") and "pip install 't2vrt[export]'" in out and "Traceback" not in out, out

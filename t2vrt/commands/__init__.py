@@ -14,6 +14,11 @@ from t2vrt.errors import T2VError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# Packages only some installs have, and the extra that brings each (pyproject.toml).
+_EXTRAS = {"torch": "export", "open_clip": "export", "onnx": "export", "safetensors": "export",
+           "huggingface_hub": "export", "onnx_graphsurgeon": "export", "polygraphy": "export",
+           "tensorrt": "gpu", "cuda": "gpu", "pynvml": "gpu", "matplotlib": "bench"}  # fmt: skip
+
 
 def reports_errors(fn: F) -> F:
     """Turn a T2VError into one line on stderr and its exit code (2 usage, 1 runtime); never a traceback."""
@@ -25,6 +30,12 @@ def reports_errors(fn: F) -> F:
         except T2VError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
+        except ModuleNotFoundError as e:
+            top = (e.name or "").split(".")[0]
+            if top not in _EXTRAS:
+                raise
+            click.echo(f"error: this needs the {top!r} package: pip install 't2vrt[{_EXTRAS[top]}]'", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             sys.exit(130)
