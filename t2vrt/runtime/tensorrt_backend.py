@@ -229,6 +229,7 @@ class TensorRTBackend:
         # resident: size the block once for the largest engine, so it never moves under a captured CUDA graph
         self._want = max((int(v.get("device_memory", 0)) for v in measured.values()), default=0) if self.resident else 0
         self._bound: dict[str, int] = {}
+        self._closed = False
 
     def hints(self) -> Hints:
         notes = (f"TensorRT engines for {self.target.gpu}: {self.plan['residency']}",)
@@ -279,6 +280,9 @@ class TensorRTBackend:
             self._bound.clear()
 
     def close(self) -> None:
+        if self._closed:  # a second close (`with` plus an explicit close) must not touch the destroyed stream
+            return
+        self._closed = True
         self.cuda.sync()
         for runner in self.runners.values():
             runner.free()
