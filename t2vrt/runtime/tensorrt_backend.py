@@ -135,10 +135,15 @@ class TensorRTRunner:
             raise T2VError(f"TensorRT could not create an execution context for {component} (out of GPU memory?)")
         self.dtypes = {t.name: _numpy_dtype(engine.get_tensor_dtype(t.name)) for t in io.tensors()}
         self.buffers: dict[str, int] = {}
-        for t in io.tensors():
-            nbytes = int(np.prod(t.resolve(self.dims_max))) * self.dtypes[t.name].itemsize
-            self.buffers[t.name] = backend.cuda.malloc(nbytes)
-            self.context.set_tensor_address(t.name, self.buffers[t.name])
+        try:
+            for t in io.tensors():
+                nbytes = int(np.prod(t.resolve(self.dims_max))) * self.dtypes[t.name].itemsize
+                self.buffers[t.name] = backend.cuda.malloc(nbytes)
+                self.context.set_tensor_address(t.name, self.buffers[t.name])
+        except BaseException:  # out of memory part-way: give back what was taken
+            for ptr in self.buffers.values():
+                backend.cuda.free(ptr)
+            raise
         self._graph: Any = None
         self._calls = 0
 
