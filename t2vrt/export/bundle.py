@@ -168,8 +168,8 @@ def export_bundle(opts: ExportOptions, progress: Progress = lambda s: None) -> P
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
+        write_tokenizer_json(tmp / "tokenizer.json", context_length=cfg.text_encoder.context_length)  # the gate reads it
         manifest = _build(opts, source, cfg, src_key, src_files, vers, precisions, old, tmp, progress)
-        write_tokenizer_json(tmp / "tokenizer.json", context_length=cfg.text_encoder.context_length)
         write_json_atomic(tmp / MANIFEST_NAME, manifest)
         _swap_into_place(tmp, out)
     except BaseException:
@@ -266,7 +266,7 @@ def _export_components(opts, cfg, models, todo, keys, components, tmp, progress)
         check = sample_inputs(spec, CHECK_DIMS[name], seed=1, vocab_size=vocab)
         refs[name] = (check, gates.torch_run(models[name], check))
     want_chain = any(p == "fp16" for _, p in todo)
-    chain_in = _chain_inputs(cfg) if want_chain else None
+    chain_in = _chain_inputs(cfg, tmp / "tokenizer.json") if want_chain else None
     chain32 = gates.chain_frames(lambda n, i: gates.torch_run(models[n], i), chain_in) if want_chain else None
 
     # Component by component, fp32 then fp16, each PyTorch module dropped once traced: at full size the peak is one
@@ -314,17 +314,13 @@ def _export_components(opts, cfg, models, todo, keys, components, tmp, progress)
     return result
 
 
-def _chain_inputs(cfg: ModelConfig) -> gates.ChainInputs:
-    from t2vrt.runtime.tokenizer import Tokenizer  # the runtime's own tokenizer: the gate sees what users will
-    from t2vrt.export.tokenizer_json import write_tokenizer_json
-    import tempfile
+def _chain_inputs(cfg: ModelConfig, tokenizer_file: Path) -> gates.ChainInputs:
+    """The bundle's own tokenizer file through the runtime's tokenizer: the gate sees the ids users will."""
+    from t2vrt.runtime.tokenizer import Tokenizer
 
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "tokenizer.json"
-        write_tokenizer_json(path, context_length=cfg.text_encoder.context_length)
-        tokens = Tokenizer.from_file(path, context_length=cfg.text_encoder.context_length).encode(
-            ["a red panda playing an electric guitar on a rooftop at night", ""]
-        )
+    tokens = Tokenizer.from_file(tokenizer_file, context_length=cfg.text_encoder.context_length).encode(
+        ["a red panda playing an electric guitar on a rooftop at night", ""]
+    )
     rng = np.random.default_rng(7)
     c = cfg.unet.in_channels
     d = gates.CHAIN_DIMS
