@@ -31,6 +31,7 @@ from t2vrt.export.onnx_io import trace_to_onnx
 from t2vrt.iospec import COMPONENTS, IOSpec, text_encoder_spec, unet_spec, vae_decoder_spec
 from t2vrt.manifest import MANIFEST_NAME, SCHEMA_VERSION, write_json_atomic
 from t2vrt.models.presets import ModelConfig
+from t2vrt.runtime import schedulers  # the runtime's schedule math: the manifest's betas are what it samples with
 
 PRECISION_CHOICES = {"fp32": ("fp32",), "fp16": ("fp16",), "both": ("fp32", "fp16")}
 OPSETS = range(17, 21)
@@ -201,6 +202,8 @@ def _build(opts, source, cfg, src_key, src_files, vers, precisions, old, tmp, pr
         for p in precisions
     }
 
+    out_dir = Path(opts.out)
+
     def reusable(name: str, p: str) -> dict | None:
         entry = old_components.get(name, {}).get("files", {}).get(p)
         if opts.force or not entry or entry.get("key") != keys[(name, p)]:
@@ -208,13 +211,14 @@ def _build(opts, source, cfg, src_key, src_files, vers, precisions, old, tmp, pr
         files = [out_dir / entry["path"]] + ([out_dir / entry["data"]] if entry.get("data") else [])
         return entry if all(f.is_file() for f in files) else None
 
-    out_dir = Path(opts.out)
-    todo = [(n, p) for n in COMPONENTS for p in precisions if reusable(n, p) is None]
+    reuse = {k: reusable(*k) for k in keys}
+    todo = [k for k, entry in reuse.items() if entry is None]
     components: dict[str, dict] = {
         n: {"io": component_spec(n, cfg).to_json(), "config": _component_config(n, cfg), "files": {}} for n in COMPONENTS
     }
-    for n, p in [(n, p) for n in COMPONENTS for p in precisions if (n, p) not in todo]:
-        entry = reusable(n, p)
+    for (n, p), entry in reuse.items():
+        if entry is None:
+            continue
         for rel in filter(None, (entry["path"], entry.get("data"))):
             _link_or_copy(out_dir / rel, tmp / rel)
         components[n]["files"][p] = entry
@@ -252,7 +256,7 @@ def _build(opts, source, cfg, src_key, src_files, vers, precisions, old, tmp, pr
 
 def _betas(cfg: ModelConfig) -> np.ndarray:
     s = cfg.schedule
-    return np.linspace(s.beta_start**0.5, s.beta_end**0.5, s.num_train_timesteps, dtype=np.float64) ** 2
+    return schedulers.scaled_linear_betas(s.beta_start, s.beta_end, s.num_train_timesteps)
 
 
 def _export_components(opts, cfg, models, todo, keys, components, tmp, progress) -> dict | None:
@@ -325,5 +329,5 @@ def _chain_inputs(cfg: ModelConfig, tokenizer_file: Path) -> gates.ChainInputs:
     c = cfg.unet.in_channels
     d = gates.CHAIN_DIMS
     latents = rng.standard_normal((1, c, d["frames"], d["latent_height"], d["latent_width"])).astype(np.float32)
-    acp = float(np.cumprod(1.0 - _betas(cfg))[gates.CHAIN_TIMESTEP])
+    acp = float(schedulers.alphas_cumprod(_betas(cfg))[gates.CHAIN_TIMESTEP])
     return gates.ChainInputs(tokens.astype(np.int64), latents, acp)
