@@ -11,12 +11,15 @@ import os
 import shutil
 import subprocess
 import uuid
+from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from t2vrt.errors import T2VError, UsageError
+from t2vrt.runtime.metadata import to_comment
 
 # extension -> (codec, extra ffmpeg output options); all yuv420p, the pixel format every player decodes.
 FFMPEG_FORMATS = {
@@ -83,7 +86,7 @@ def _is_frames_dir(path: Path) -> bool:
     return path.is_dir() and all(p.is_file() and p.match(FRAME_GLOB) for p in path.iterdir())
 
 
-def _write_ffmpeg(frames: np.ndarray, tmp: Path, fps: float, kind: str) -> None:
+def _write_ffmpeg(frames: np.ndarray, tmp: Path, fps: float, kind: str, comment: str | None = None) -> None:
     import imageio_ffmpeg  # type: ignore[import-untyped]
 
     try:
@@ -95,19 +98,21 @@ def _write_ffmpeg(frames: np.ndarray, tmp: Path, fps: float, kind: str) -> None:
     rate = str(Fraction(fps).limit_denominator(1001))
     cmd = [exe, "-nostdin", "-y", "-loglevel", "error",
            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", rate, "-i", "-",
-           "-an", "-c:v", codec, "-pix_fmt", "yuv420p", *opts, str(tmp)]  # fmt: skip
+           "-an", "-c:v", codec, "-pix_fmt", "yuv420p", *opts,
+           *(["-metadata", f"comment={comment}"] if comment else []), str(tmp)]  # fmt: skip
     proc = subprocess.run(cmd, input=frames.tobytes(), capture_output=True, check=False)
     if proc.returncode != 0 or not tmp.is_file() or tmp.stat().st_size == 0:
         err = proc.stderr.decode(errors="replace").strip().splitlines()
         raise T2VError(f"ffmpeg failed writing {kind} (exit {proc.returncode}): {err[-1] if err else 'no output'}")
 
 
-def _write_gif(frames: np.ndarray, tmp: Path, fps: float) -> None:
+def _write_gif(frames: np.ndarray, tmp: Path, fps: float, comment: str | None = None) -> None:
     import imageio.v3 as iio
 
     # Pillow quantizes each frame to its own 256-colour palette, and merges identical consecutive frames into one
     # longer frame (same playback, fewer frames). GIF stores delays in 1/100 s.
-    iio.imwrite(tmp, list(frames), plugin="pillow", extension=".gif", duration=1000.0 / fps, loop=0)
+    extra: dict[str, Any] = {"comment": comment.encode()} if comment else {}
+    iio.imwrite(tmp, list(frames), plugin="pillow", extension=".gif", duration=1000.0 / fps, loop=0, **extra)
 
 
 def _write_pngs(frames: np.ndarray, tmp: Path) -> None:
@@ -145,18 +150,24 @@ def check_output_path(path: str | os.PathLike[str], overwrite: bool = False) -> 
 
 
 def save_video(
-    frames: np.ndarray, path: str | os.PathLike[str], fps: float = 8, overwrite: bool = False
+    frames: np.ndarray,
+    path: str | os.PathLike[str],
+    fps: float = 8,
+    overwrite: bool = False,
+    metadata: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write uint8 frames [f, h, w, 3] to `path`; the format comes from the extension (see ALLOWED).
 
     Returns the final path. Existing output is an error unless overwrite=True (a directory is only replaced when
-    it holds nothing but frame_*.png files). The original release writes mp4 at 8 fps.
+    it holds nothing but frame_*.png files). The original release writes mp4 at 8 fps. `metadata` (the prompt
+    and parameters) goes into the file's comment tag for .mp4, .webm and .gif (see t2vrt.runtime.metadata).
     """
     kind = output_kind(path)
     frames = _check_frames(frames, kind)
     if not (isinstance(fps, (int, float)) and not isinstance(fps, bool) and 0 < fps <= 1000):
         raise UsageError(f"fps must be a number in (0, 1000], got {fps!r}")
     target = check_output_path(path, overwrite)
+    comment = to_comment(metadata) if metadata else None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -168,9 +179,9 @@ def save_video(
     old = target.with_name(f".{target.name}.old-{tag}")
     try:
         if kind in FFMPEG_FORMATS:
-            _write_ffmpeg(frames, tmp, float(fps), kind)
+            _write_ffmpeg(frames, tmp, float(fps), kind, comment)
         elif kind == ".gif":
-            _write_gif(frames, tmp, float(fps))
+            _write_gif(frames, tmp, float(fps), comment)
         else:
             _write_pngs(frames, tmp)
         if kind == "dir" and target.exists():
