@@ -174,6 +174,44 @@ def test_hold_replaces_only_the_first_frames() -> None:
             V.check_hold(bad, 16)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("name", ["ddim", "dpm++"])
+def test_holding_eps_is_the_repaint_loop(name: str) -> None:
+    """Replacing the held frames in the UNet's input equals editing x before every step (RePaint), for the frames
+    generated; the held frames end as the known latents."""
+    rng = np.random.default_rng(5)
+    shape = (1, 4, 5, 3, 4)
+    x_init = rng.standard_normal(shape)
+    known = rng.standard_normal((1, 4, 2, 3, 4))
+    target = 0.8 * np.tanh(rng.standard_normal(shape))
+
+    def eps(x: np.ndarray, t: int) -> np.ndarray:  # frames interact, as in the UNet: each sees the mean over frames
+        a = ACP[t]
+        x0_hat = 0.6 * target + 0.2 * np.tanh(x) + 0.2 * np.tanh(x.mean(axis=2, keepdims=True))
+        return (x - np.sqrt(a) * x0_hat) / np.sqrt(1.0 - a)
+
+    ts = S.ddim_timesteps(1000, 8) if name == "ddim" else S.dpmpp_2m_timesteps(1000, 8)
+    noises = [rng.standard_normal(known.shape) for _ in ts]
+    ours = sample(V.holding_eps(eps, known, ACP, lambda i: noises[i]), x_init.copy(), ts, ACP, sampler=name)
+    ours = V.hold(ours, known, None, ACP)
+
+    # The explicit loop: x edited before each step, stepped one at a time with the sampler's step function.
+    x, prev_x0, t_last = x_init.copy(), None, None
+    for i, t in enumerate(ts):
+        t_prev = int(ts[i + 1]) if i + 1 < len(ts) else None
+        x = V.hold(x, known, int(t), ACP, noises[i])
+        if name == "ddim":
+            x = S.ddim_step(x, eps(x, int(t)), int(t), t_prev, ACP)
+        else:
+            x, prev_x0 = S.dpmpp_2m_step(x, eps(x, int(t)), int(t), t_prev, prev_x0, t_last, ACP)
+            t_last = int(t)
+    x = V.hold(x, known, None, ACP)
+    err = np.abs(ours - x).max()
+    assert err < 1e-12, err
+    np.testing.assert_array_equal(ours[:, :, :2], known)
+    free = sample(eps, x_init.copy(), ts, ACP, sampler=name)
+    assert np.abs(free[:, :, 2:] - ours[:, :, 2:]).max() > 1e-3  # holding changed the generated frames
+
+
 def test_continuation_bookkeeping() -> None:
     assert V.continuation_length(24, 24, 8, 3) == 24 + 3 * 16
     video = np.arange(5)[:, None] * np.ones((5, 2))

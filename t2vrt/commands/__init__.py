@@ -36,9 +36,11 @@ def reports_errors(fn: F) -> F:
                 raise
             click.echo(f"error: this needs the {top!r} package: pip install 't2vrt[{_EXTRAS[top]}]'", err=True)
             sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("error: interrupted", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP turned into one by t2vrt.safety.signals
+            from t2vrt.safety.signals import Terminated, exit_status
+
+            click.echo(f"error: interrupted ({e.name})" if isinstance(e, Terminated) else "error: interrupted", err=True)
+            sys.exit(exit_status(e))
 
     return wrapper  # type: ignore[return-value]
 

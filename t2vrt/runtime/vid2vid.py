@@ -12,7 +12,7 @@ Latent videos are (1, c, f, h, w), the UNet's layout; the VAE sees frames as a b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -117,6 +117,31 @@ def hold(
             raise ValueError(f"holding frames at t={t} needs noise of shape {known.shape}")
         out[:, :, :n] = add_noise(known, noise, t, alphas_cumprod)
     return out
+
+
+def holding_eps(
+    eps: Callable[[np.ndarray, int], np.ndarray],
+    known: np.ndarray,
+    alphas_cumprod: np.ndarray,
+    noise: Callable[[int], np.ndarray],
+) -> Callable[[np.ndarray, int], np.ndarray]:
+    """An eps model that sees the first n frames held at `known` (1, c, n, h, w) noised to each step's t.
+
+    Every sampler step updates each frame from that frame's own x and eps (the UNet mixes frames; the update does
+    not), so replacing the held frames in the UNet's input is the whole RePaint replacement: the other frames
+    evolve exactly as if x had been edited before the step, and the held frames' own updates are overwritten at the
+    next call. Finish with `hold(x, known, None, ...)` to put the known latents in after the last step.
+    `noise(i)` gives the standard-normal noise of the i-th call (known's shape): explicit, or drawn by the caller.
+    """
+    calls = 0
+
+    def eps_held(x: np.ndarray, t: int) -> np.ndarray:
+        nonlocal calls
+        held = hold(x, known, t, alphas_cumprod, noise(calls))
+        calls += 1
+        return eps(held, t)
+
+    return eps_held
 
 
 def continuation_length(clip_frames: int, window: int, overlap: int, windows: int) -> int:
