@@ -17,7 +17,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 # Packages only some installs have, and the extra that brings each (pyproject.toml).
 _EXTRAS = {"torch": "export", "open_clip": "export", "onnx": "export", "safetensors": "export",
            "huggingface_hub": "export", "onnx_graphsurgeon": "export", "polygraphy": "export",
-           "tensorrt": "gpu", "cuda": "gpu", "pynvml": "gpu", "matplotlib": "bench"}  # fmt: skip
+           "tensorrt": "gpu", "cuda": "gpu", "pynvml": "gpu", "matplotlib": "bench",
+           "fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "starlette": "serve"}  # fmt: skip
 
 
 def reports_errors(fn: F) -> F:
@@ -45,7 +46,7 @@ def reports_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-_NAMES = ("info", "export", "plan", "build", "generate", "bench")
+_NAMES = ("info", "export", "plan", "build", "generate", "bench", "serve")
 
 
 def _load() -> list[click.Command]:
