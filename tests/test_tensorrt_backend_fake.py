@@ -1,32 +1,28 @@
-"""The TensorRT backend's own logic on a CPU: a fake `tensorrt` and a fake cuda-python runtime, with each fake
-engine running the same component through ONNX Runtime (fp32) on bytes kept in a fake device memory.
+"""The TensorRT build and backend on a CPU, against the faithful fakes in tests/fakes/ (a fake `tensorrt` and a fake
+`cuda.bindings.runtime` that fail the way the real ones do: see their docstrings for the sources).
 
-What is real: engine lookup through store + plan.json (written by build_all itself, only the TensorRT build and its
-measurement faked), target checks, per-call shape checks, batch padding, the host<->device copies, the shared
-activation block, resident vs load-run-free release, CUDA graph capture and replay, hints(), close(). The fakes are
-strict where the GPU would be: copies must fit their allocation, an engine refuses shapes outside its profile or a
-run without (big enough, still allocated) device memory, and a replayed graph uses the addresses it captured.
+Nothing of t2vrt is monkeypatched: `build_all` runs the real `build_engine` and `measure` against the fake TensorRT,
+the backend runs its engines (each the component's fp32 graph in ONNX Runtime, on bytes kept in fake device memory),
+and frames are compared with ONNX Runtime's. Each test names the TensorRT / CUDA semantics it holds the code to.
 """
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import enum
 import json
 import shutil
 import sys
-import types
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from fakes.cuda_runtime import FakeCudaRuntime, GiB, MiB, cudaError_t, install
+from fakes.tensorrt import FakeHostMemory, FakeTensorRT
 
 from t2vrt.engine import build, store
 from t2vrt.engine.facts import bundle_facts, make_plan
-from t2vrt.engine.planner import GiB, MiB, Plan, Request
+from t2vrt.engine.planner import Plan, Request
 from t2vrt.errors import T2VError, UsageError
 from t2vrt.manifest import load_manifest
 from t2vrt.runtime.onnxruntime_backend import OnnxRuntimeBackend, make_session
@@ -34,231 +30,10 @@ from t2vrt.runtime.pipeline import Pipeline
 from t2vrt.runtime.tokenizer import Tokenizer
 
 TRT_VERSION = "10.13.0"
-GPU_NAME, GPU_CC = "NVIDIA Fake RTX 9000", (8, 9)
-HERE = store.Target(GPU_NAME, "8.9", TRT_VERSION)
-OTHER = store.Target("NVIDIA A100-SXM4-80GB", "8.0", TRT_VERSION)
+GPU_NAME = "NVIDIA Fake RTX 9000"
 PROMPT = "a tiny green monster and a big flying UFO"
 REQ = Request(frames=3, height=64, width=64)
 STEPS = 3
-
-
-class FakeCudart:
-    """cuda.bindings.runtime as `t2vrt.engine.device.cudart()` returns it: every call gives (err, *values)."""
-
-    class cudaMemcpyKind(enum.IntEnum):
-        cudaMemcpyHostToDevice = 1
-        cudaMemcpyDeviceToHost = 2
-
-    class cudaStreamCaptureMode(enum.IntEnum):
-        cudaStreamCaptureModeGlobal = 0
-
-    def __init__(self) -> None:
-        self.mem: dict[int, np.ndarray] = {}  # device pointer -> its bytes
-        self.calls: Counter[str] = Counter()
-        self.streams: set[int] = set()
-        self.capturing: dict[int, list[Any]] = {}
-        self.execs: set[int] = set()  # live instantiated graphs
-        self.replaying = False
-        self._next = 0x7F00_0000_0000
-
-    def cudaGetDeviceCount(self) -> tuple[int, int]:
-        return 0, 1
-
-    def cudaGetDeviceProperties(self, i: int) -> tuple[int, Any]:
-        return 0, types.SimpleNamespace(name=GPU_NAME.encode() + b"\0" * 8, major=GPU_CC[0], minor=GPU_CC[1])
-
-    def cudaMemGetInfo(self) -> tuple[int, int, int]:
-        return 0, 20 * GiB, 24 * GiB
-
-    def cudaMalloc(self, n: int) -> tuple[int, int]:
-        self.calls["malloc"] += 1
-        ptr, self._next = self._next, self._next + ((n + 511) // 256) * 256  # never reused: stale pointers show
-        self.mem[ptr] = np.zeros(n, np.uint8)
-        return 0, ptr
-
-    def cudaFree(self, ptr: int) -> tuple[int]:
-        self.calls["free"] += 1
-        if self.mem.pop(ptr, None) is None:
-            self.calls["bad_free"] += 1
-            return (1,)  # cudaErrorInvalidValue
-        return (0,)
-
-    def cudaMemcpyAsync(self, dst: int, src: int, n: int, kind: Any, stream: int) -> tuple[int]:
-        assert stream in self.streams and stream not in self.capturing, "copy on a dead or capturing stream"
-        dev = self.mem[dst if kind == self.cudaMemcpyKind.cudaMemcpyHostToDevice else src]
-        assert n <= dev.nbytes, f"copy of {n} bytes into/out of a {dev.nbytes}-byte allocation"
-        host_to_dev = kind == self.cudaMemcpyKind.cudaMemcpyHostToDevice
-        ctypes.memmove(dev.ctypes.data, src, n) if host_to_dev else ctypes.memmove(dst, dev.ctypes.data, n)
-        self.calls["h2d" if host_to_dev else "d2h"] += 1
-        self.calls["h2d_bytes" if host_to_dev else "d2h_bytes"] += n
-        return (0,)
-
-    def cudaStreamCreate(self) -> tuple[int, int]:
-        self.streams.add(4242)
-        return 0, 4242
-
-    def cudaStreamDestroy(self, stream: int) -> tuple[int]:
-        self.streams.discard(stream)
-        return (0,)
-
-    def cudaStreamSynchronize(self, stream: int) -> tuple[int]:
-        assert stream in self.streams
-        return (0,)
-
-    def cudaStreamBeginCapture(self, stream: int, mode: Any) -> tuple[int]:
-        self.calls["capture"] += 1
-        self.capturing[stream] = []
-        return (0,)
-
-    def cudaStreamEndCapture(self, stream: int) -> tuple[int, Any]:
-        return 0, self.capturing.pop(stream)
-
-    def cudaGraphInstantiate(self, graph: list[Any], flags: int) -> tuple[int, Any]:
-        exe = types.SimpleNamespace(work=list(graph))
-        self.execs.add(id(exe))
-        return 0, exe
-
-    def cudaGraphDestroy(self, graph: Any) -> tuple[int]:
-        return (0,)
-
-    def cudaGraphExecDestroy(self, exe: Any) -> tuple[int]:
-        self.calls["graph_destroy"] += 1
-        self.execs.discard(id(exe))
-        return (0,)
-
-    def cudaGraphLaunch(self, exe: Any, stream: int) -> tuple[int]:
-        assert id(exe) in self.execs, "launch of a destroyed graph"
-        self.calls["launch"] += 1
-        self.replaying = True
-        try:
-            for work in exe.work:
-                work()
-        finally:
-            self.replaying = False
-        return (0,)
-
-    def enqueue(self, stream: int, work: Any) -> None:
-        assert stream in self.streams
-        if stream in self.capturing:
-            self.capturing[stream].append(work)
-        else:
-            work()
-
-
-class FakeTensorRT:
-    """The parts of `tensorrt` the backend touches; engines are JSON naming their component and profile."""
-
-    def __init__(self, cuda: FakeCudart, bundle_sessions: dict[str, Any]) -> None:
-        self.cuda, self.sessions = cuda, bundle_sessions
-        self.need: dict[str, int] = {"text_encoder": 1 * MiB, "unet": 3 * MiB, "vae_decoder": 2 * MiB}  # per context
-        self.measured: dict[str, int] = dict(self.need)  # what the fake build records in the sidecar
-        self.engines: list[Any] = []
-        self.runs: list[dict[str, Any]] = []  # one per executed engine call (direct or replayed)
-        self.module = self._module()
-
-    def _module(self) -> types.ModuleType:
-        fake = self
-        m = types.ModuleType("tensorrt")
-        m.__version__ = TRT_VERSION  # type: ignore[attr-defined]
-        m.Builder = object  # type: ignore[attr-defined]  # present: tensorrt_missing() takes it for TensorRT
-        m.DataType = enum.Enum("DataType", "FLOAT HALF INT64 INT32 BOOL INT8")  # type: ignore[attr-defined]
-        strategy = enum.Enum("ExecutionContextAllocationStrategy", "STATIC ON_PROFILE_CHANGE USER_MANAGED")
-        m.ExecutionContextAllocationStrategy = strategy  # type: ignore[attr-defined]
-
-        class Logger:
-            WARNING = 2
-
-            def __init__(self, level: int) -> None:
-                self.level = level
-
-        class Runtime:
-            def __init__(self, logger: Logger) -> None:
-                pass
-
-            def deserialize_cuda_engine(self, data: bytes) -> Any:
-                engine = FakeEngine(fake, m, json.loads(data))
-                fake.engines.append(engine)
-                return engine
-
-        m.Logger, m.Runtime = Logger, Runtime  # type: ignore[attr-defined]
-        return m
-
-    def engine_bytes(self, ep: Any) -> bytes:
-        return json.dumps({"component": ep.component, "dims_min": ep.dims_min, "dims_max": ep.dims_max}).encode()
-
-
-class FakeEngine:
-    def __init__(self, fake: FakeTensorRT, trt: Any, desc: dict[str, Any]) -> None:
-        self.fake, self.trt, self.component = fake, trt, desc["component"]
-        self.dims_min, self.dims_max = desc["dims_min"], desc["dims_max"]
-        self.weight_streaming_budget_v2: int | None = None
-        self.contexts = 0
-
-    def get_tensor_dtype(self, name: str) -> Any:
-        return self.trt.DataType.INT64 if name == "tokens" else self.trt.DataType.FLOAT
-
-    def create_execution_context(self, strategy: Any) -> FakeContext:
-        assert strategy is self.trt.ExecutionContextAllocationStrategy.USER_MANAGED
-        self.contexts += 1
-        return FakeContext(self)
-
-
-class FakeContext:
-    def __init__(self, engine: FakeEngine) -> None:
-        self.e = engine
-        self.addr: dict[str, int] = {}
-        self.shapes: dict[str, tuple[int, ...]] = {}
-        self.block: tuple[int, int] | None = None
-        self.set_memory_calls: list[tuple[int, int]] = []
-
-    def set_tensor_address(self, name: str, ptr: int) -> bool:
-        self.addr[name] = ptr
-        return True
-
-    def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
-        self.shapes[name] = tuple(int(d) for d in shape)
-        return True
-
-    def update_device_memory_size_for_shapes(self) -> int:
-        return self.e.fake.need[self.e.component]
-
-    def set_device_memory(self, ptr: int, size: int) -> None:
-        self.block = (ptr, size)
-        self.set_memory_calls.append((ptr, size))
-
-    def execute_async_v3(self, stream: int) -> bool:
-        # What a graph captures: the addresses and shapes of now; the bytes are read when it runs.
-        snap = (dict(self.addr), dict(self.shapes), self.block)
-        self.e.fake.cuda.enqueue(stream, lambda: self._compute(*snap))
-        return True
-
-    def _compute(self, addr: dict[str, int], shapes: dict[str, tuple[int, ...]], block: tuple[int, int] | None) -> None:
-        fake, e = self.e.fake, self.e
-        mem = fake.cuda.mem
-        need = fake.need[e.component]
-        assert block is not None and block[0] in mem and mem[block[0]].nbytes >= max(block[1], need), (
-            f"{e.component}: run without live device memory of {need} bytes (block {block})"
-        )
-        sess = fake.sessions[e.component]
-        feeds = {}
-        for i in sess.get_inputs():
-            dt = np.int64 if i.name == "tokens" else np.float32
-            n = int(np.prod(shapes[i.name])) * np.dtype(dt).itemsize
-            feeds[i.name] = mem[addr[i.name]][:n].view(dt).reshape(shapes[i.name]).copy()
-        # the engine's own profile: TensorRT refuses shapes outside it
-        dims = {"text_encoder": {"text_batch": 0}, "unet": {"batch": 0, "frames": 2},
-                "vae_decoder": {"vae_batch": 0}}[e.component]  # fmt: skip
-        name = next(iter(feeds))
-        for sym, axis in dims.items():
-            n = feeds[name].shape[axis]
-            assert e.dims_min[sym] <= n <= e.dims_max[sym], f"{e.component}: {sym}={n} outside the engine's profile"
-        outs = sess.run(None, feeds)
-        for o, arr in zip(sess.get_outputs(), outs):
-            dev = mem[addr[o.name]]
-            assert arr.nbytes <= dev.nbytes
-            dev[: arr.nbytes] = np.ascontiguousarray(arr, np.float32).view(np.uint8).reshape(-1)
-        fake.runs.append({"component": e.component, "shapes": {k: v.shape for k, v in feeds.items()},
-                          "graph": fake.cuda.replaying, "live": len(mem)})  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -271,40 +46,48 @@ def sessions(tiny_bundle: Path) -> dict[str, Any]:
 def env(tmp_path: Path, tiny_bundle: Path, sessions: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Any:
     bundle = tmp_path / "tiny"
     shutil.copytree(tiny_bundle, bundle, ignore=shutil.ignore_patterns("engines"))
-    cuda = FakeCudart()
-    fake = FakeTensorRT(cuda, sessions)
+    cuda = FakeCudaRuntime(name=GPU_NAME, total=24 * GiB)
+    fake = FakeTensorRT(cuda, sessions, TRT_VERSION)
+    install(monkeypatch, cuda)
     monkeypatch.setitem(sys.modules, "tensorrt", fake.module)
-    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", cuda)
-    # build_all as it is; only the TensorRT build and its measurement are faked
-    monkeypatch.setattr(build, "build_engine", lambda onnx, ep, *a: fake.engine_bytes(ep))
-    monkeypatch.setattr(build, "measure", lambda data, ep: {"device_memory": fake.measured[ep.component],
-                                                            "streamable_weights": 0})  # fmt: skip
-    return types.SimpleNamespace(bundle=bundle, cuda=cuda, fake=fake)
+    FakeHostMemory.copies = 0
+    return _Env(bundle, cuda, fake)
+
+
+@dataclasses.dataclass
+class _Env:
+    bundle: Path
+    cuda: FakeCudaRuntime
+    fake: FakeTensorRT
+
+    @property
+    def target(self) -> store.Target:
+        return build.current_target()[0]
 
 
 def make(bundle: Path, residency: str = "resident", g: int = 2, chunk: int | None = None, stream: bool = False,
-         req: Request = REQ) -> Plan:  # fmt: skip
+         req: Request = REQ, vram: int = 8 * GiB) -> Plan:  # fmt: skip
     """The planner's plan for the tiny bundle, with residency / guidance batch / VAE chunk / streaming forced."""
-    p = make_plan(bundle_facts(bundle), req, 8 * GiB)
+    p = make_plan(bundle_facts(bundle), req, vram)
     engines = []
     for e in p.engines:
         if e.component == "unet":
             lo, opt, hi = ({**d, "batch": g} for d in (e.dims_min, e.dims_opt, e.dims_max))
             e = dataclasses.replace(e, dims_min=lo, dims_opt=opt, dims_max=hi,
-                                    resident_weight_bytes=e.weight_bytes // 2 if stream else e.weight_bytes)  # fmt: skip
+                                    resident_weight_bytes=e.weight_bytes * 7 // 8 if stream else e.weight_bytes)  # fmt: skip
         if e.component == "vae_decoder" and chunk:
             e = dataclasses.replace(e, dims_opt={**e.dims_opt, "vae_batch": chunk}, dims_max={**e.dims_max, "vae_batch": chunk})
         engines.append(e)
     return dataclasses.replace(p, residency=residency, guidance_batch=g, vae_chunk=chunk or p.vae_chunk, engines=tuple(engines))
 
 
-def build_engines(bundle: Path, plan: Plan, target: store.Target = HERE) -> dict[str, Path]:
-    return build.build_all(load_manifest(bundle), plan, target, echo=lambda s: None)
+def build_engines(env: _Env, plan: Plan, target: store.Target | None = None) -> dict[str, Path]:
+    return build.build_all(load_manifest(env.bundle), plan, target or env.target, echo=lambda s: None)
 
 
 def tokenizer(bundle: Path) -> Tokenizer:
-    tok = load_manifest(bundle).tokenizer
-    return Tokenizer.from_file(bundle / tok["file"], context_length=int(tok["context_length"]))
+    m = load_manifest(bundle)
+    return Tokenizer.from_file(m.tokenizer_path, context_length=m.tokenizer.context_length)
 
 
 def generate(bundle: Path, backend: Any, **kw: Any) -> np.ndarray:
@@ -317,34 +100,116 @@ def ort_frames(bundle: Path, g: int, chunk: int) -> np.ndarray:
     return generate(bundle, OnnxRuntimeBackend(load_manifest(bundle)), guidance_batch=g, vae_chunk=chunk)
 
 
-def test_available_names_the_problem(env: Any) -> None:
-    from t2vrt.runtime.tensorrt_backend import TensorRTBackend, tensorrt_available
-
-    bundle = env.bundle
-    none = tensorrt_available(bundle)
-    print("\nno engines:", none)
-    assert none and f"no TensorRT engines in {bundle} for {GPU_NAME} (sm 8.9)" in none and f"`t2vrt build {bundle}`" in none
-    with pytest.raises(T2VError, match="no TensorRT engines"):
-        TensorRTBackend(bundle)
-    build_engines(bundle, make(bundle), OTHER)
-    other = tensorrt_available(bundle)
-    print("another GPU's:", other)
-    assert other and "built for NVIDIA A100-SXM4-80GB (sm 8.0) with TensorRT 10.13.0" in other and "\n" not in other
-    files = build_engines(bundle, make(bundle))
-    assert tensorrt_available(bundle) is None
-    files["vae_decoder"].unlink()
-    assert "incomplete" in (tensorrt_available(bundle) or "")
-
-
-def test_static_resident_matches_onnxruntime_with_cuda_graph(env: Any) -> None:
+def backend(env: _Env, **kw: Any) -> Any:
     from t2vrt.runtime.tensorrt_backend import TensorRTBackend
 
+    return TensorRTBackend(env.bundle, **kw)
+
+
+def unet_inputs(b: Any, rng: np.random.Generator, batch: int, frames: int = REQ.frames) -> dict[str, np.ndarray]:
+    spec = {t.name: t for t in b.manifest.components["unet"].io.inputs}
+    dims = {"batch": batch, "frames": frames, "latent_height": REQ.height // 8, "latent_width": REQ.width // 8}
+    out = {n: rng.standard_normal(t.resolve(dims)).astype(np.float32) for n, t in spec.items()}
+    out["timestep"] = np.full((batch,), 500.0, np.float32)
+    return out
+
+
+def closed_clean(env: _Env) -> None:
+    """After close: nothing of ours on the device (engine weights included), no graphs, no streams, no bad frees."""
+    import gc
+
+    gc.collect()
+    assert env.cuda.mem == {}, {p: env.cuda.owner.get(p) for p in env.cuda.mem}
+    assert env.cuda.execs == {} and env.cuda.graphs == {} and env.cuda.streams == {}
+    assert env.cuda.calls["bad_free"] == 0
+
+
+# -- availability, targets, probing ------------------------------------------------------------------------------
+
+
+def test_available_names_the_problem(env: _Env) -> None:
+    from t2vrt.runtime.tensorrt_backend import why_tensorrt_unavailable
+
+    bundle = env.bundle
+    none = why_tensorrt_unavailable(bundle)
+    assert none and f"no TensorRT engines in {bundle} for {GPU_NAME} (sm 8.9, 24 GiB)" in none and f"`t2vrt build {bundle}`" in none
+    with pytest.raises(T2VError, match="no TensorRT engines"):
+        backend(env)
+    other = store.Target("NVIDIA A100-SXM4-80GB", "8.0", TRT_VERSION, 80)
+    build_engines(env, make(bundle), other)
+    msg = why_tensorrt_unavailable(bundle)
+    assert msg and "built for NVIDIA A100-SXM4-80GB (sm 8.0, 80 GiB) with TensorRT 10.13.0" in msg and "\n" not in msg
+    files = build_engines(env, make(bundle))
+    assert why_tensorrt_unavailable(bundle) is None
+    files["vae_decoder"].unlink()
+    assert "incomplete" in (why_tensorrt_unavailable(bundle) or "")
+
+
+def test_plan_is_keyed_by_card_memory_not_only_its_name(env: _Env) -> None:
+    """RTX 3060 8 GB and 12 GB share a name: a plan made for one must not be read on the other."""
+    from t2vrt.runtime.tensorrt_backend import why_tensorrt_unavailable
+
+    env.cuda.total = 12 * GiB
+    build_engines(env, make(env.bundle))
+    assert why_tensorrt_unavailable(env.bundle) is None
+    env.cuda.total = 8 * GiB
+    msg = why_tensorrt_unavailable(env.bundle)
+    assert msg and "(sm 8.9, 8 GiB)" in msg and "12 GiB" in msg, msg
+
+
+@pytest.mark.parametrize("driver,devices,want", [
+    ("old", 1, "cudaErrorInsufficientDriver: cuda-python uses the CUDA 13.0 runtime, which needs an NVIDIA driver R580 "
+               "or newer, and the installed driver supports CUDA 12.4"),
+    ("none", 1, "no NVIDIA driver is loaded"),
+    ("ok", 0, "no CUDA device is visible"),
+])  # fmt: skip
+def test_gpu_probe_names_the_real_cuda_error(env: _Env, driver: str, devices: int, want: str) -> None:
+    from t2vrt.engine.device import detect_gpu, gpu_problem
+    from t2vrt.runtime.tensorrt_backend import why_tensorrt_unavailable
+
+    env.cuda.driver, env.cuda.devices = driver, devices
+    assert detect_gpu() is None
+    assert want in (gpu_problem() or ""), gpu_problem()
+    assert want in (why_tensorrt_unavailable(env.bundle) or "")
+    with pytest.raises(T2VError, match=want.split(":")[0]):
+        build.current_target()
+
+
+def test_real_cuda_bindings_without_a_driver_say_so() -> None:
+    """The installed cuda-python itself (no fake), on a machine without an NVIDIA driver."""
+    rt = pytest.importorskip("cuda.bindings.runtime")
+    err, _ = rt.cudaGetDeviceCount()
+    if int(err) != 35:
+        pytest.skip(f"this machine's cudaGetDeviceCount gives {err!r}, not cudaErrorInsufficientDriver")
+    from t2vrt.engine.device import gpu_problem
+
+    msg = gpu_problem() or ""
+    print("\n" + msg)
+    assert msg.startswith("cudaErrorInsufficientDriver: cuda-python uses the CUDA ") and "no NVIDIA driver is loaded" in msg
+
+
+def test_null_tensorrt_factory_is_one_line(env: _Env) -> None:
+    """trt.Runtime(logger) with a CUDA driver TensorRT cannot use: pybind raises TypeError on the null factory."""
+    build_engines(env, make(env.bundle))
+    env.fake.factory_fails = True
+    with pytest.raises(T2VError, match=r"TensorRT 10\.13\.0 could not create its runtime .*driver") as e:
+        backend(env)
+    assert "\n" not in str(e.value)
+    with pytest.raises(T2VError, match="could not create its builder"):
+        build_engines(env, make(env.bundle, g=1))  # a new UNet engine to build
+    closed_clean(env)
+
+
+# -- running ------------------------------------------------------------------------------------------------------
+
+
+def test_static_resident_matches_onnxruntime_with_cuda_graph(env: _Env) -> None:
     bundle, cuda, fake = env.bundle, env.cuda, env.fake
-    build_engines(bundle, make(bundle))
-    backend = TensorRTBackend(bundle)
-    h = backend.hints()
+    build_engines(env, make(bundle))
+    b = backend(env)
+    h = b.hints()
     assert (h.guidance_batch, h.vae_chunk) == (2, REQ.frames)
-    frames = generate(bundle, backend)
+    frames = generate(bundle, b)
     ref = ort_frames(bundle, 2, REQ.frames)
     diff = np.abs(frames.astype(int) - ref.astype(int))
     print(f"\nTensorRT(fake) vs ONNX Runtime CPU: max |diff| {diff.max()} uint8 levels, mean {diff.mean():.4f}")
@@ -352,130 +217,230 @@ def test_static_resident_matches_onnxruntime_with_cuda_graph(env: Any) -> None:
     unet = [r for r in fake.runs if r["component"] == "unet"]
     assert [r["graph"] for r in unet] == [False] + [True] * (STEPS - 1)  # captured on call 2, replayed after
     assert cuda.calls["capture"] == 1 and cuda.calls["launch"] == STEPS - 1
-    assert all(r["shapes"]["latents"][0] == 2 for r in unet)  # hints: cond + uncond in one call
-    assert [r["shapes"]["latents"][0] for r in fake.runs if r["component"] == "vae_decoder"] == [REQ.frames]
-    # resident: everything stays open; one activation block, sized once for the largest engine
-    assert set(backend.runners) == {"text_encoder", "unet", "vae_decoder"} and len(fake.engines) == 3
-    assert [r["live"] for r in fake.runs] == [2 + 1] + [2 + 4 + 1] * STEPS + [2 + 4 + 2 + 1]
-    assert backend._block_size == max(fake.measured.values()) and cuda.calls["graph_destroy"] == 0
-    # the second generation reuses engines and the captured graph: every UNet call is a replay
+    assert all(r["shapes"]["latents"][0] == 2 for r in unet)
+    assert set(b.runners) == {"text_encoder", "unet", "vae_decoder"} and len(fake.engines) == 3 and fake.loads == 6
+    # one activation block for all three, at least every engine's device_memory_size_v2
+    assert b._block_size == max(e.device_memory_size_v2 for e in fake.engines)
     n = len(fake.runs)
-    again = generate(bundle, backend)
-    assert np.array_equal(again, frames) and len(fake.engines) == 3
+    again = generate(bundle, b)
+    assert np.array_equal(again, frames) and fake.loads == 6  # 3 measured at build + 3 loaded once
     assert all(r["graph"] for r in fake.runs[n:] if r["component"] == "unet") and cuda.calls["capture"] == 1
-    mallocs = cuda.calls["malloc"]
-    assert mallocs == 2 + 4 + 2 + 1  # I/O buffers once per engine + one block
-    backend.close()
-    c = cuda.calls
-    print(f"device copies: {c['h2d']} up ({c['h2d_bytes']} B), {c['d2h']} down ({c['d2h_bytes']} B)")
-    assert cuda.mem == {} and cuda.calls["free"] == mallocs and cuda.calls["bad_free"] == 0
-    assert cuda.execs == set() and cuda.streams == set()
-    backend.close()  # again (`with Pipeline` plus an explicit close): a no-op, not a sync on a destroyed stream
+    assert cuda.calls["int(handle)"] == 0  # get_cuda_native_handle, never int(stream)
+    b.close()
+    del b
+    closed_clean(env)
 
 
-def test_load_run_free_obeys_hints_and_frees_each_stage(env: Any) -> None:
-    from t2vrt.runtime.tensorrt_backend import TensorRTBackend
-
+def test_load_run_free_streaming_never_captures(env: _Env) -> None:
+    """enqueueV3 on a streaming engine is synchronous and not capturable (NvInferRuntime.h): never capture it."""
     bundle, cuda, fake = env.bundle, env.cuda, env.fake
     plan = make(bundle, residency="sequential", g=1, chunk=2, stream=True)
-    build_engines(bundle, plan)
-    backend = TensorRTBackend(bundle)
-    assert (backend.hints().guidance_batch, backend.hints().vae_chunk) == (1, 2)
-    frames = generate(bundle, backend)
-    ref = ort_frames(bundle, 1, 2)
-    diff = np.abs(frames.astype(int) - ref.astype(int))
-    print(f"\nload-run-free, guidance batch 1, VAE chunk 2: max |diff| vs ONNX Runtime {diff.max()} levels")
+    build_engines(env, plan)
+    b = backend(env)
+    assert (b.hints().guidance_batch, b.hints().vae_chunk) == (1, 2)
+    frames = generate(bundle, b)
+    diff = np.abs(frames.astype(int) - ort_frames(bundle, 1, 2).astype(int))
+    print(f"\nload-run-free, streaming, guidance batch 1, VAE chunk 2: max |diff| vs ONNX Runtime {diff.max()} levels")
     assert diff.max() <= 1
     unet = [r for r in fake.runs if r["component"] == "unet"]
-    assert len(unet) == 2 * STEPS and all(r["shapes"]["latents"][0] == 1 for r in unet)  # two batch-1 calls a step
+    assert len(unet) == 2 * STEPS and not any(r["graph"] for r in unet) and cuda.calls["capture"] == 0
     assert [r["shapes"]["latents"][0] for r in fake.runs if r["component"] == "vae_decoder"] == [2, 1]
-    # only the running engine's buffers (and its own block) are on the card
-    live = {r["component"]: r["live"] for r in fake.runs}
-    assert live == {"text_encoder": 2 + 1, "unet": 4 + 1, "vae_decoder": 2 + 1}
-    assert backend.runners == {} and cuda.mem == {} and cuda.calls["free"] == cuda.calls["malloc"]
-    assert cuda.calls["capture"] == 1 and cuda.calls["launch"] == 2 * STEPS - 1  # graphs work within the stage
-    assert cuda.execs == set()  # freeing the UNet dropped its graph
-    ws = next(e for e in fake.engines if e.component == "unet")
-    assert ws.weight_streaming_budget_v2 == plan.engine("unet").resident_weight_bytes > 0
-    generate(bundle, backend)
-    assert len(fake.engines) == 6  # loaded again: nothing was kept
-    backend.close()
-    assert cuda.mem == {} and cuda.calls["bad_free"] == 0 and cuda.streams == set()
+    assert b.runners == {}
+    b.close()
+    del b
+    closed_clean(env)
 
 
-def test_block_growth_drops_graphs(env: Any) -> None:
+def test_streaming_budget_counts_streamable_bytes_only(env: _Env) -> None:
+    """weight_streaming_budget_v2 counts streamable_weights_size only: the budget is the planned resident bytes minus
+    the weights that cannot stream, and it is what the engine reads back at build and at load."""
+    plan = make(env.bundle, residency="sequential", g=1, stream=True)
+    files = build_engines(env, plan)
+    meta = store.read_json(files["unet"].with_suffix(".json"))
+    assert meta is not None
+    unet = plan.engine("unet")
+    streamable = int(unet.weight_bytes * env.fake.streamable_fraction)
+    want = unet.resident_weight_bytes - (unet.weight_bytes - streamable)
+    assert 0 < want < streamable
+    assert meta["weight_streaming_budget"] == want and meta["streamable_weights"] == streamable
+    assert meta["device_memory"] >= env.fake.activation["unet"] + env.fake.scratch  # scratch included
+    b = backend(env)
+    runner = b.open("unet")
+    assert runner.engine.weight_streaming_budget_v2 == want and runner.engine.streaming
+    b.close()
+
+
+def test_refused_streaming_budget_is_an_error(env: _Env) -> None:
+    """The budget property's setter drops TensorRT's bool: a refused budget must be read back and reported."""
+    plan = make(env.bundle, residency="sequential", g=1, stream=True)
+    build_engines(env, plan)
+    env.fake.refuse_budget = True
+    b = backend(env)
+    with pytest.raises(T2VError, match=r"TensorRT refused the unet engine's weight streaming budget of \d+ bytes"):
+        b.open("unet")
+    b.close()
+    with pytest.raises(T2VError, match="refused the unet engine's weight streaming budget"):
+        build_engines(env, make(env.bundle, residency="sequential", g=2, stream=True))  # a new UNet engine
+
+
+def test_block_is_at_least_device_memory_size_v2(env: _Env, sessions: dict[str, Any]) -> None:
+    """set_device_memory needs size >= device_memory_size_v2, whatever update_device_memory_size_for_shapes says for
+    smaller shapes (a dynamic engine run at 1 frame first)."""
+    build_engines(env, make(env.bundle, req=dataclasses.replace(REQ, dynamic=True)))
+    b = backend(env)
+    unet = b.open("unet")
+    small = unet_inputs(b, np.random.default_rng(0), batch=2, frames=1)
+    assert np.allclose(unet.run(small)["eps"], sessions["unet"].run(None, small)[0], atol=1e-5)
+    assert b._block_size >= unet.engine.device_memory_size_v2
+    b.close()
+
+
+def test_device_memory_calls_follow_trtexec_order_once_per_shape(env: _Env) -> None:
+    """Shapes, then update_device_memory_size_for_shapes (only when they changed), then memory, then enqueue."""
+    build_engines(env, make(env.bundle, req=dataclasses.replace(REQ, dynamic=True)))
+    b = backend(env, cuda_graphs=False)
+    unet = b.open("unet")
+    for frames in (1, 1, 2, 2, 2):
+        unet.run(unet_inputs(b, np.random.default_rng(frames), batch=2, frames=frames))
+    calls = unet.context.calls
+    assert calls.count("update") == 2 and calls.count("enqueue") == 5, calls
+    first = calls.index("update")
+    assert calls[:first] == ["shape"] * 3 and calls[first + 1] == "memory" and calls[first + 2] == "enqueue", calls
+    b.close()
+
+
+def test_capture_failure_falls_back_to_eager_for_good(env: _Env, caplog: pytest.LogCaptureFixture) -> None:
+    """cudaGraphInstantiate fails: destroy what was made, say why once, run eagerly from then on."""
+    build_engines(env, make(env.bundle))
+    env.cuda.fail_instantiate = cudaError_t.cudaErrorMemoryAllocation
+    b = backend(env)
+    frames = generate(env.bundle, b)
+    assert np.abs(frames.astype(int) - ort_frames(env.bundle, 2, REQ.frames).astype(int)).max() <= 1
+    unet = [r for r in env.fake.runs if r["component"] == "unet"]
+    assert len(unet) == STEPS and not any(r["graph"] for r in unet)
+    assert env.cuda.calls["capture"] == 1 and env.cuda.graphs == {} and env.cuda.execs == {}
+    warned = [r.getMessage() for r in caplog.records if "CUDA graph" in r.getMessage()]
+    assert len(warned) == 1 and "cudaErrorMemoryAllocation" in warned[0], warned
+    generate(env.bundle, b)
+    assert env.cuda.calls["capture"] == 1  # never tried again
+    b.close()
+    del b
+    closed_clean(env)
+
+
+def test_block_growth_drops_graphs(env: _Env) -> None:
     """An engine needing more than the shared block: the block moves and captured graphs must not replay."""
-    from t2vrt.runtime.tensorrt_backend import TensorRTBackend
-
-    bundle, cuda, fake = env.bundle, env.cuda, env.fake
-    build_engines(bundle, make(bundle))
-    fake.need["vae_decoder"] = 16 * MiB  # more than every sidecar measured
-    backend = TensorRTBackend(bundle)
+    build_engines(env, make(env.bundle))
+    b = backend(env)
+    env.fake.activation["vae_decoder"] = 16 * MiB  # only the sidecars were measured smaller: reality is bigger now
     rng = np.random.default_rng(0)
-    unet_in = _unet_inputs(backend, rng, batch=2)
-    unet = backend.open("unet")
+    unet_in = unet_inputs(b, rng, batch=2)
+    unet = b.open("unet")
     first = unet.run(unet_in)["eps"]
-    unet.run(unet_in)  # captured
-    assert cuda.calls["capture"] == 1 and len(cuda.execs) == 1
-    old_block = backend._block
-    vae = backend.open("vae_decoder")
-    vae.run({"latents": rng.standard_normal((1, 4, 8, 8), np.float32)})
-    assert backend._block != old_block and backend._block_size == 16 * MiB and old_block not in cuda.mem
-    assert cuda.execs == set() and cuda.calls["graph_destroy"] == 1
-    out = unet.run(unet_in)["eps"]  # a stale graph would fail in the fake (its block is gone)
-    assert np.array_equal(out, first) and fake.runs[-1]["graph"] is False
     unet.run(unet_in)
-    assert cuda.calls["capture"] == 2 and fake.runs[-1]["graph"] is True
-    assert unet.context.block == (backend._block, 16 * MiB)
-    backend.close()
-    assert cuda.mem == {} and cuda.calls["bad_free"] == 0
+    assert env.cuda.calls["capture"] == 1 and len(env.cuda.execs) == 1
+    old = b._block
+    b.runners.pop("vae_decoder", None)
+    vae = b.open("vae_decoder")
+    vae.engine.desc["activation"] = 16 * MiB
+    vae.run({"latents": rng.standard_normal((1, 4, 8, 8), np.float32)})
+    assert b._block != old and b._block_size >= 16 * MiB and old not in env.cuda.mem and env.cuda.execs == {}
+    out = unet.run(unet_in)["eps"]  # a stale graph would run on the freed block
+    assert np.array_equal(out, first) and env.fake.runs[-1]["graph"] is False
+    unet.run(unet_in)
+    assert env.cuda.calls["capture"] == 2 and env.fake.runs[-1]["graph"] is True
+    b.close()
 
 
-def _unet_inputs(backend: Any, rng: np.random.Generator, batch: int, frames: int = REQ.frames) -> dict[str, np.ndarray]:
-    spec = {t.name: t for t in backend.manifest.components["unet"].io.inputs}
-    dims = {"batch": batch, "frames": frames, "latent_height": REQ.height // 8, "latent_width": REQ.width // 8}
-    out = {n: rng.standard_normal(t.resolve(dims)).astype(np.float32) for n, t in spec.items()}
-    out["timestep"] = np.full((batch,), 500.0, np.float32)
-    return out
-
-
-def test_batch1_on_batch2_engine_and_shapes_outside_the_engine(env: Any, sessions: dict[str, Any]) -> None:
-    from t2vrt.runtime.tensorrt_backend import TensorRTBackend
-
-    bundle, cuda, fake = env.bundle, env.cuda, env.fake
-    build_engines(bundle, make(bundle))
-    backend = TensorRTBackend(bundle, cuda_graphs=False)
-    unet = backend.open("unet")
-    inputs = _unet_inputs(backend, np.random.default_rng(1), batch=1)
+def test_batch1_on_batch2_engine_and_shapes_outside_the_engine(env: _Env, sessions: dict[str, Any]) -> None:
+    build_engines(env, make(env.bundle))
+    b = backend(env, cuda_graphs=False)
+    unet = b.open("unet")
+    inputs = unet_inputs(b, np.random.default_rng(1), batch=1)
     out = unet.run(inputs)["eps"]
     ref = sessions["unet"].run(None, inputs)[0]
-    print(f"\nbatch 1 on a batch-2 engine: max |diff| vs unpadded ORT {np.abs(out - ref).max():.3g}")
     assert out.shape == ref.shape and out.shape[0] == 1 and np.allclose(out, ref, atol=1e-5)
-    assert fake.runs[-1]["shapes"]["latents"][0] == 2  # the engine saw the padded batch
+    assert env.fake.runs[-1]["shapes"]["latents"][0] == 2
     for batch, frames in ((3, REQ.frames), (2, REQ.frames + 1), (1, 1)):
         with pytest.raises(UsageError) as err:
-            unet.run(_unet_inputs(backend, np.random.default_rng(2), batch=batch, frames=frames))
-        msg = str(err.value)
-        assert "the unet engine was built for" in msg and f"`t2vrt build {bundle} --frames F" in msg, msg
-    print(msg)
-    assert len(fake.runs) == 1 and cuda.calls["capture"] == 0  # refused before anything ran; graphs off
-    backend.close()
-    assert cuda.mem == {} and cuda.calls["free"] == cuda.calls["malloc"]
+            unet.run(unet_inputs(b, np.random.default_rng(2), batch=batch, frames=frames))
+        assert "the unet engine was built for" in str(err.value) and f"`t2vrt build {env.bundle} --frames F" in str(err.value)
+    assert len(env.fake.runs) == 1 and env.cuda.calls["capture"] == 0
+    b.close()
 
 
-def test_dynamic_engine_runs_inside_its_range_without_graphs(env: Any, sessions: dict[str, Any]) -> None:
-    from t2vrt.runtime.tensorrt_backend import TensorRTBackend
+def test_engine_tensor_names_are_checked_at_load(env: _Env) -> None:
+    env.fake.rename["unet"] = ("eps", "noise_pred")
+    build_engines(env, make(env.bundle))
+    b = backend(env)
+    with pytest.raises(T2VError, match=r"the unet engine's tensors .*noise_pred.* do not match the bundle's io spec .*eps"):
+        b.open("unet")
+    b.close()
 
-    bundle, cuda, fake = env.bundle, env.cuda, env.fake
-    build_engines(bundle, make(bundle, req=dataclasses.replace(REQ, dynamic=True)))
-    backend = TensorRTBackend(bundle)
-    unet = backend.open("unet")
-    assert not unet.static and unet.dims_min["frames"] == 1 and unet.dims_max["frames"] == REQ.frames
-    for frames in (1, 2, REQ.frames, 2):
-        inputs = _unet_inputs(backend, np.random.default_rng(frames), batch=2, frames=frames)
-        assert np.allclose(unet.run(inputs)["eps"], sessions["unet"].run(None, inputs)[0], atol=1e-5)
-    assert cuda.calls["capture"] == 0 and [r["shapes"]["latents"][2] for r in fake.runs] == [1, 2, REQ.frames, 2]
-    with pytest.raises(UsageError, match=rf"frames in \[1, {REQ.frames}\], got {REQ.frames + 1}"):
-        unet.run(_unet_inputs(backend, np.random.default_rng(0), batch=2, frames=REQ.frames + 1))
-    backend.close()
-    assert cuda.mem == {}
+
+def test_unloadable_engine_names_the_file(env: _Env) -> None:
+    files = build_engines(env, make(env.bundle))
+    files["unet"].write_bytes(b"\x00not an engine")
+    b = backend(env)
+    with pytest.raises(T2VError, match=r"TensorRT could not load .*unet.*\.plan.*t2vrt build"):
+        b.open("unet")
+    b.close()
+
+
+# -- building -----------------------------------------------------------------------------------------------------
+
+
+def test_build_runs_the_real_builder_and_writes_without_a_host_copy(env: _Env) -> None:
+    """IHostMemory has the buffer protocol (and no len()): the engine is written from it, not from bytes(...)."""
+    plan = make(env.bundle)
+    files = build_engines(env, plan)
+    assert [d["component"] for d in env.fake.builds] == ["text_encoder", "unet", "vae_decoder"]
+    unet = env.fake.builds[1]
+    assert unet["profile"]["latents"][2] == [2, 4, REQ.frames, REQ.height // 8, REQ.width // 8]
+    assert unet["workspace"] == plan.workspace and not unet["weight_streaming"]
+    assert FakeHostMemory.copies == 0
+    assert json.loads(files["unet"].read_bytes())["component"] == "unet"
+
+
+def test_engine_key_changes_when_only_the_weights_change(env: _Env) -> None:
+    """A re-export whose changes are all in model.onnx.data keeps model.onnx's sha256: the engine must still rebuild."""
+    build_engines(env, make(env.bundle))
+    manifest_path = env.bundle / "manifest.json"
+    raw = json.loads(manifest_path.read_text())
+    entry = raw["components"]["unet"]["files"]["fp16"]
+    entry["key"] = "0" * len(entry.get("key") or "0" * 64)  # new weights, same graph file
+    manifest_path.write_text(json.dumps(raw))
+    before = len(env.fake.builds)
+    files = build_engines(env, make(env.bundle))
+    assert [d["component"] for d in env.fake.builds[before:]] == ["unet"]
+    stale = [r for r in store.bundle_engine_summary(env.bundle) if r["stale"]]
+    assert [r["component"] for r in stale] == ["unet"] and "older export" in stale[0]["stale"]
+    assert files["unet"].is_file()
+
+
+def test_build_fails_when_reality_exceeds_the_card(env: _Env) -> None:
+    """TensorRT's measured device memory + engine weights over the budget: fail at build, never at generate."""
+    plan = make(env.bundle, vram=1 * GiB)
+    env.fake.activation["unet"] = 900 * MiB  # the estimate said a few MiB
+    with pytest.raises(T2VError, match=r"measured.*unet.*does not fit .*1\.00 GiB") as e:
+        build_engines(env, plan)
+    print("\n" + str(e.value))
+    assert "\n" not in str(e.value)
+    assert store.read_plan(env.bundle, env.target) is None  # nothing for generate to trust
+
+
+def test_builder_memory_is_checked_before_building_on_a_small_card(env: _Env) -> None:
+    """The builder holds an engine's weights on the card while it times tactics: say so instead of TensorRT's OOM."""
+    env.cuda.total = 1 * GiB
+    env.cuda.others_used = 1 * GiB - env.cuda.context_bytes - 8 * MiB  # 8 MiB free: the tiny UNet needs more
+    with pytest.raises(T2VError, match=r"building the unet engine needs about .* free on the card .*only 8 MiB"):
+        build_engines(env, make(env.bundle, vram=4 * GiB))
+    assert "unet" not in [d["component"] for d in env.fake.builds]
+
+
+def test_load_rechecks_free_memory(env: _Env) -> None:
+    build_engines(env, make(env.bundle))
+    env.cuda.others_used = env.cuda.total - env.cuda.context_bytes - 1 * MiB  # another program took the card
+    with pytest.raises(T2VError, match=r"the TensorRT plan needs .* on the card but only .* is free"):
+        backend(env)
+    closed_clean(env)

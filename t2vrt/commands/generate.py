@@ -42,7 +42,6 @@ def command(prompt: str, bundle: Path, output: Path, negative: str | None, frame
             fps: int | None, backend: str, guidance_batch: int | None, vae_chunk: int | None,
             latents_file: Path | None, overwrite: bool, quiet: bool) -> None:
     """Generate a video for PROMPT with a bundle's engines."""
-    import numpy as np
     from tqdm import tqdm
 
     from t2vrt.runtime.pipeline import Pipeline
@@ -52,11 +51,10 @@ def command(prompt: str, bundle: Path, output: Path, negative: str | None, frame
     if fps is not None and not 1 <= fps <= 240:
         raise UsageError(f"--fps must be in 1..240, got {fps}")
     latents = None
-    if latents_file is not None:
-        try:
-            latents = np.load(latents_file, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise UsageError(f"--latents {str(latents_file)!r}: not a readable .npy array ({e})") from None
+    if latents_file is not None:  # untrusted: header checked before reading, never unpickled (t2vrt.safety.npy)
+        from t2vrt.safety.npy import load_npy
+
+        latents = load_npy(latents_file, ndim=5, what=f"--latents {latents_file}")
 
     with Pipeline.from_bundle(bundle, backend=backend) as pipe:
         click.echo(f"backend: {pipe.selection_note}", err=True)
@@ -66,10 +64,12 @@ def command(prompt: str, bundle: Path, output: Path, negative: str | None, frame
             bar.total = n
             bar.update(1)
 
-        video = pipe(prompt, negative_prompt=negative, num_frames=frames, height=height, width=width,
-                     num_inference_steps=steps, guidance_scale=guidance, eta=eta, seed=seed, latents=latents,
-                     scheduler=scheduler, guidance_batch=guidance_batch, vae_chunk=vae_chunk, callback=on_step)
-        bar.close()
+        try:
+            video = pipe(prompt, negative_prompt=negative, num_frames=frames, height=height, width=width,
+                         num_inference_steps=steps, guidance_scale=guidance, eta=eta, seed=seed, latents=latents,
+                         scheduler=scheduler, guidance_batch=guidance_batch, vae_chunk=vae_chunk, callback=on_step)
+        finally:
+            bar.close()  # ends the bar's line, so an error (or "interrupted") is a line of its own
     t0 = time.perf_counter()
     path = video.save(output, fps=fps, overwrite=overwrite)
     video.timings["write"] = time.perf_counter() - t0

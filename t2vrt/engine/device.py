@@ -1,57 +1,28 @@
-"""The card we are on: name, compute capability, memory; and the installed TensorRT version. Never raises.
+"""The card we are on (name, compute capability, memory, PCI bus id) and the installed TensorRT version. Never raises.
 
-Through cuda-python (cuda.bindings.runtime, or the older cuda.cudart), no torch. Returns None where there is no
-cuda-python, no driver or no device, so the planner can ask for --vram instead.
+Through the one CUDA helper (t2vrt.runtime.cuda: cuda.bindings.runtime, no torch). `detect_gpu()` is None where
+there is no usable device; `gpu_problem()` then says exactly why (cuda-python missing, no driver, a driver too old
+for cuda-python's CUDA runtime and which one is needed, no device), so nothing reports a bare "no GPU found".
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
-from typing import Any
+
+from t2vrt.runtime.cuda import GpuInfo, probe
+
+__all__ = ["GpuInfo", "detect_gpu", "gpu_problem", "tensorrt_version"]
 
 
-@dataclass(frozen=True)
-class GpuInfo:
-    name: str
-    compute_capability: str  # "8.6"
-    total_bytes: int
-    free_bytes: int
+def detect_gpu(index: int = 0) -> GpuInfo | None:
+    found = probe(index)
+    return None if isinstance(found, str) else found
 
 
-def cudart() -> Any:
-    """The CUDA runtime module of cuda-python, or None."""
-    for name in ("cuda.bindings.runtime", "cuda.cudart"):
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
-    return None
-
-
-def check(result: Any) -> Any:
-    """cuda-python returns (err, *values): raise on err, else the value(s)."""
-    from t2vrt.errors import T2VError
-
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if int(err) != 0:
-        raise T2VError(f"CUDA error {err}")
-    return values[0] if len(values) == 1 else tuple(values)
-
-
-def detect_gpu() -> GpuInfo | None:
-    rt = cudart()
-    if rt is None:
-        return None
-    try:
-        if check(rt.cudaGetDeviceCount()) < 1:
-            return None
-        props = check(rt.cudaGetDeviceProperties(0))
-        free, total = check(rt.cudaMemGetInfo())
-        name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-        return GpuInfo(name.strip("\x00 "), f"{props.major}.{props.minor}", int(total), int(free))
-    except Exception:  # noqa: BLE001 - no driver, no device, a broken install: all mean "no GPU" here
-        return None
+def gpu_problem(index: int = 0) -> str | None:
+    """None when CUDA device `index` is usable; else the one-line reason."""
+    found = probe(index)
+    return found if isinstance(found, str) else None
 
 
 def tensorrt_version() -> str | None:

@@ -1,13 +1,15 @@
 """Engines on disk: where `t2vrt build` puts them, how they are keyed, and which are stale. No GPU, no TensorRT.
 
-    BUNDLE/engines/<gpu>-sm<cc>-trt<version>/       one folder per target: plans never cross GPUs or TRT versions
+    BUNDLE/engines/<gpu>-<mem>g-sm<cc>-trt<version>/  one folder per target: plans never cross GPUs, card sizes
+                                                      (an RTX 3060 comes with 8 or 12 GB) or TensorRT versions
         plan.json                                    the plan built for, with measured memory, and its engines
         <component>-<shapes>-<hash>.plan             the serialised engine
         <component>-<shapes>-<hash>.json             its key: target, profile, ONNX sha256, build settings, sizes
 
 The hash covers everything that changes the engine's bytes except the GPU and TensorRT (the folder): component,
-profile, the fp16 ONNX's sha256, weight streaming and the builder optimisation level. An engine whose ONNX sha256
-no longer matches the bundle, or that its folder's plan.json does not list, is stale; so are leftover temp files.
+profile, the fp16 ONNX's sha256 AND its weights key (a re-export may change only model.onnx.data), weight streaming
+and the builder optimisation level. An engine whose ONNX sha256 or weights key no longer matches the bundle, or that
+its folder's plan.json does not list, is stale; so are leftover temp files.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from t2vrt.errors import UsageError
-from t2vrt.manifest import Manifest, load_manifest, write_json_atomic
+from t2vrt.manifest import ComponentFile, Manifest, load_manifest, write_json_atomic
 
 ENGINES = "engines"
 PLAN_JSON = "plan.json"
@@ -35,14 +37,27 @@ class Target:
     gpu: str  # e.g. "NVIDIA GeForce RTX 3060"
     compute_capability: str  # e.g. "8.6"
     tensorrt: str  # e.g. "10.13.0"
+    memory_gib: int = 0  # the card's size (GpuInfo.memory_gib): plans differ between a 3060 8 GB and 12 GB
 
     @property
     def dirname(self) -> str:
         slug = re.sub(r"[^a-z0-9]+", "-", self.gpu.lower()).strip("-") or "gpu"
-        return f"{slug}-sm{self.compute_capability.replace('.', '')}-trt{self.tensorrt}"
+        mem = f"-{self.memory_gib}g" if self.memory_gib else ""
+        return f"{slug}{mem}-sm{self.compute_capability.replace('.', '')}-trt{self.tensorrt}"
 
-    def to_json(self) -> dict[str, str]:
-        return {"gpu": self.gpu, "compute_capability": self.compute_capability, "tensorrt": self.tensorrt}
+    def describe(self) -> str:
+        mem = f", {self.memory_gib} GiB" if self.memory_gib else ""
+        return f"{self.gpu} (sm {self.compute_capability}{mem}) with TensorRT {self.tensorrt}"
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"gpu": self.gpu, "compute_capability": self.compute_capability, "tensorrt": self.tensorrt}
+        if self.memory_gib:
+            out["memory_gib"] = self.memory_gib
+        return out
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Target:
+        return cls(str(d["gpu"]), str(d["compute_capability"]), str(d["tensorrt"]), int(d.get("memory_gib", 0)))
 
 
 def target_dir(bundle: Path, target: Target) -> Path:
@@ -60,12 +75,13 @@ def shape_tag(dims_min: Mapping[str, int], dims_max: Mapping[str, int]) -> str:
 
 def engine_stem(
     component: str, dims_min: Mapping[str, int], dims_max: Mapping[str, int], profile: Profile, onnx_sha256: str,
-    weight_streaming: bool, opt_level: int,
+    weight_streaming: bool, opt_level: int, weights_key: str = "",
 ) -> str:  # fmt: skip
     key = {
         "component": component,
         "profile": {k: [list(s) for s in v] for k, v in profile.items()},
         "onnx_sha256": onnx_sha256,
+        "weights_key": weights_key,
         "weight_streaming": weight_streaming,
         "opt_level": opt_level,
         "strongly_typed": True,
@@ -74,8 +90,23 @@ def engine_stem(
     return f"{component}-{shape_tag(dims_min, dims_max)}-{digest}"
 
 
-def write_engine(path: Path, data: bytes | memoryview, meta: Mapping[str, Any]) -> None:
-    """Engine bytes to a temp name, then rename; the sidecar last, so an engine with a sidecar is complete."""
+def weights_key(file: ComponentFile) -> str:
+    """What identifies a graph's weights: the export's key (hash of the source weights and everything else the graph
+    depends on), else the external data file's sha256 (hashed once, streamed), else the graph's own sha256."""
+    if file.key:
+        return file.key
+    if file.data is None:
+        return file.sha256
+    h = hashlib.sha256()
+    with open(file.data, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_engine(path: Path, data: Any, meta: Mapping[str, Any]) -> None:
+    """Engine bytes (anything with the buffer protocol: TensorRT's IHostMemory is written as it is, no host copy) to a
+    temp name, then rename; the sidecar last, so an engine with a sidecar is complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
@@ -125,6 +156,8 @@ def _stale_reason(path: Path, meta: dict[str, Any] | None, listed: set[str], man
         fp16 = comp.files.get("fp16") if comp else None
         if fp16 is None or fp16.sha256 != meta.get("onnx_sha256"):
             return "built from an older export (the ONNX changed)"
+        if "weights_key" in meta and meta["weights_key"] != (fp16.key or meta["weights_key"]):
+            return "built from an older export (the weights changed)"
     if path.name not in listed:
         return "not used by the current plan.json"
     return None
@@ -151,6 +184,7 @@ def bundle_engine_summary(bundle: str | Path) -> list[dict[str, Any]]:
                 "gpu": (meta or {}).get("target", {}).get("gpu"),
                 "compute_capability": (meta or {}).get("target", {}).get("compute_capability"),
                 "tensorrt": (meta or {}).get("target", {}).get("tensorrt"),
+                "memory_gib": (meta or {}).get("target", {}).get("memory_gib"),
                 "component": (meta or {}).get("component"),
                 "shapes": shape_tag((meta or {}).get("dims_min", {}), (meta or {}).get("dims_max", {})) if meta else None,
                 "weight_streaming": (meta or {}).get("weight_streaming"),
