@@ -19,6 +19,9 @@ for _command in COMMANDS:
 
 
 def main() -> None:
+    from t2vrt.safety import signals
+
+    signals.install()  # SIGTERM/SIGHUP clean up like Ctrl-C: no temp directories left behind
     cli(prog_name="t2vrt")
 
 

@@ -97,7 +97,7 @@ def test_png_directory_round_trip_is_exact(tmp_path, name):
     frames = _smooth_frames()
     out = save_video(frames, str(tmp_path / name), fps=8)
     assert out == tmp_path / "frames" and out.is_dir()
-    assert sorted(p.name for p in out.iterdir()) == [f"frame_{i:04d}.png" for i in range(F)]
+    assert sorted(p.name for p in out.iterdir()) == [".t2vrt-owned"] + [f"frame_{i:04d}.png" for i in range(F)]
     np.testing.assert_array_equal(read_video(out), frames)
 
 
@@ -110,14 +110,15 @@ def test_existing_output_needs_overwrite(tmp_path):
     assert target.read_bytes() == b"precious"
     save_video(frames, target, overwrite=True)
     assert read_video(target).shape == frames.shape
-    # A frames directory is replaced whole; a directory holding anything else is never touched.
+    # A frames directory t2vrt wrote is replaced (files a user added are kept); any other directory is never touched.
     d = save_video(frames, tmp_path / "frames")
+    (d / "notes.txt").write_text("mine")
     save_video(frames[:2], d, overwrite=True)
-    assert len(list(d.iterdir())) == 2
+    assert sorted(p.name for p in d.iterdir()) == [".t2vrt-owned", "frame_0000.png", "frame_0001.png", "notes.txt"]
     other = tmp_path / "mine"
     other.mkdir()
     (other / "notes.txt").write_text("keep")
-    with pytest.raises(UsageError, match="not a directory of frame"):
+    with pytest.raises(UsageError, match="was not written by t2vrt"):
         save_video(frames, other, overwrite=True)
     assert (other / "notes.txt").read_text() == "keep"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "frames", "mine"]
@@ -172,13 +173,11 @@ def test_failures_leave_no_temp_files(tmp_path, monkeypatch):
     with pytest.raises(T2VError, match="cannot write"):
         save_video(frames, tmp_path / "clip.mp4")
 
-    def broken_png(path, *args, **kwargs):
-        Path(path).write_bytes(b"half")
-        raise KeyboardInterrupt  # even an interrupt cleans up
+    def broken_write(path, data):
+        Path(path).write_bytes(data[:10])  # half a file, then Ctrl-C: even an interrupt cleans up
+        raise KeyboardInterrupt
 
-    import imageio.v3 as iio
-
-    monkeypatch.setattr(iio, "imwrite", broken_png)
+    monkeypatch.setattr(video, "_write_bytes", broken_write)
     with pytest.raises(KeyboardInterrupt):
         save_video(frames, tmp_path / "frames")
     with pytest.raises(KeyboardInterrupt):

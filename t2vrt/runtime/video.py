@@ -1,16 +1,18 @@
 """Decoded frames -> uint8 -> a video file (.mp4, .webm, .gif) or a directory of PNGs, written atomically.
 
 Torch-free: numpy, imageio (Pillow plugin) and imageio-ffmpeg's bundled ffmpeg, run as a subprocess so its exit
-status is checked. Every output is written under a hidden temp name beside the target and renamed at the end: an
-interrupted or failed write never leaves a half-written file under the final name.
+status is checked. Every output is written under a hidden temp name beside the target and renamed at the end
+(t2vrt.safety.atomic): an interrupted or failed write never leaves a half-written file under the final name, and the
+next run on the same target cleans what an interrupted one left. A frames directory carries t2vrt's ownership
+marker: only a directory t2vrt wrote is ever replaced, and files a user added to it are kept. A full disk is
+"disk full at PATH".
 """
 
 from __future__ import annotations
 
+import errno
 import os
-import shutil
 import subprocess
-import uuid
 from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
@@ -19,6 +21,9 @@ from typing import Any
 import numpy as np
 
 from t2vrt.errors import T2VError, UsageError
+from t2vrt.safety import owned
+from t2vrt.safety.atomic import StagedDir, check_target, owner_of, staged_file
+from t2vrt.safety.diskfull import text_says_disk_full
 from t2vrt.runtime.metadata import to_comment
 
 # extension -> (codec, extra ffmpeg output options); all yuv420p, the pixel format every player decodes.
@@ -82,8 +87,12 @@ def _check_parent(parent: Path) -> None:
         raise UsageError(f"{what} {probe} is not writable")
 
 
-def _is_frames_dir(path: Path) -> bool:
-    return path.is_dir() and all(p.is_file() and p.match(FRAME_GLOB) for p in path.iterdir())
+def _legacy_frames_dir(path: Path) -> owned.Owned | None:
+    """A directory of frame_*.png only, as t2vrt wrote them before ownership markers: t2vrt's."""
+    entries = list(path.iterdir())
+    if entries and all(p.is_file() and not p.is_symlink() and p.match(FRAME_GLOB) for p in entries):
+        return owned.Owned("frames", owned.COMPLETE, frozenset(p.name for p in entries))
+    return None
 
 
 def _write_ffmpeg(frames: np.ndarray, tmp: Path, fps: float, kind: str, comment: str | None = None) -> None:
@@ -102,7 +111,10 @@ def _write_ffmpeg(frames: np.ndarray, tmp: Path, fps: float, kind: str, comment:
            *(["-metadata", f"comment={comment}"] if comment else []), str(tmp)]  # fmt: skip
     proc = subprocess.run(cmd, input=frames.tobytes(), capture_output=True, check=False)
     if proc.returncode != 0 or not tmp.is_file() or tmp.stat().st_size == 0:
-        err = proc.stderr.decode(errors="replace").strip().splitlines()
+        text = proc.stderr.decode(errors="replace")
+        if text_says_disk_full(text):
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+        err = text.strip().splitlines()
         raise T2VError(f"ffmpeg failed writing {kind} (exit {proc.returncode}): {err[-1] if err else 'no output'}")
 
 
@@ -112,37 +124,43 @@ def _write_gif(frames: np.ndarray, tmp: Path, fps: float, comment: str | None = 
     # Pillow quantizes each frame to its own 256-colour palette, and merges identical consecutive frames into one
     # longer frame (same playback, fewer frames). GIF stores delays in 1/100 s.
     extra: dict[str, Any] = {"comment": comment.encode()} if comment else {}
-    iio.imwrite(tmp, list(frames), plugin="pillow", extension=".gif", duration=1000.0 / fps, loop=0, **extra)
+    data = iio.imwrite("<bytes>", list(frames), plugin="pillow", extension=".gif", duration=1000.0 / fps, loop=0, **extra)
+    _write_bytes(tmp, data)
 
 
 def _write_pngs(frames: np.ndarray, tmp: Path) -> None:
     import imageio.v3 as iio
 
-    tmp.mkdir()
     digits = max(4, len(str(len(frames) - 1)))
     for i, frame in enumerate(frames):
-        iio.imwrite(tmp / f"frame_{i:0{digits}d}.png", frame, plugin="pillow", extension=".png")
+        _write_bytes(tmp / f"frame_{i:0{digits}d}.png", iio.imwrite("<bytes>", frame, plugin="pillow", extension=".png"))
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Encoded in memory, written here: a failing disk fails in our own write, never later in an encoder's
+    finaliser (imageio's plugin retries its flush at exit and prints a traceback)."""
+    with open(path, "xb") as f:
+        f.write(data)
 
 
 def check_output_path(path: str | os.PathLike[str], overwrite: bool = False) -> Path:
     """Everything about the output path that can fail, checked up front (before minutes of sampling).
 
-    Returns the absolute target path. Creates nothing.
+    Returns the absolute target path. Creates nothing. A directory is replaced only when t2vrt wrote it (its
+    marker, or frame_*.png files alone) and no file a user added there has a frame's name.
     """
     kind = output_kind(path)
-    target = Path(os.fspath(path).rstrip("/" + os.sep) or ".").absolute()
+    raw = os.fspath(path)
+    target = check_target(raw.rstrip("/" + os.sep) or raw, "-o")
     if target.exists() or target.is_symlink():
         if not overwrite:
             raise UsageError(f"{target} already exists; pass --overwrite (overwrite=True) to replace it")
-        if kind == "dir" and not _is_frames_dir(target):
-            raise UsageError(f"{target} exists and is not a directory of {FRAME_GLOB} frames; not replacing it")
+        if kind == "dir":
+            owner = owner_of(target, "frames", _legacy_frames_dir, "-o")
+            clash = [r for r in owned.foreign_entries(target, owner) if Path(r).match(FRAME_GLOB)]
+            if clash:
+                raise UsageError(f"-o {target} holds frames t2vrt did not write ({', '.join(clash[:3])}); "
+                                 f"not replacing them")  # fmt: skip
         if kind != "dir" and target.is_dir():
             raise UsageError(f"{target} is a directory; cannot replace it with a {kind} file")
     _check_parent(target.parent)
@@ -171,33 +189,28 @@ def save_video(
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
+        if text_says_disk_full(str(e)) or e.errno == errno.ENOSPC:
+            raise T2VError(f"disk full at {target.parent}") from None
         raise UsageError(f"cannot create output directory {target.parent}: {e.strerror or e}") from e
 
-    tag = uuid.uuid4().hex[:8]
-    suffix = "" if kind == "dir" else kind  # keep the extension: ffmpeg and Pillow pick the container from it
-    tmp = target.with_name(f".{target.name}.partial-{tag}{suffix}")
-    old = target.with_name(f".{target.name}.old-{tag}")
     try:
-        if kind in FFMPEG_FORMATS:
-            _write_ffmpeg(frames, tmp, float(fps), kind, comment)
-        elif kind == ".gif":
-            _write_gif(frames, tmp, float(fps), comment)
-        else:
-            _write_pngs(frames, tmp)
-        if kind == "dir" and target.exists():
-            os.replace(target, old)  # a directory cannot be atomically replaced: move the old one aside first
-        try:
-            os.replace(tmp, target)
-        except BaseException:
-            if old.exists():
-                os.replace(old, target)  # put the previous output back
-            raise
+        if kind == "dir":
+            staged = StagedDir(target, "frames", _legacy_frames_dir, overwrite, "-o")
+            with staged as tmp:
+                _write_pngs(frames, tmp)
+                staged.commit()
+            return target
+        suffix = kind  # keep the extension: ffmpeg and Pillow pick the container from it
+        with staged_file(target, suffix, "-o") as tmp:
+            if kind in FFMPEG_FORMATS:
+                _write_ffmpeg(frames, tmp, float(fps), kind, comment)
+            else:
+                _write_gif(frames, tmp, float(fps), comment)
+        return target
+    except T2VError:
+        raise
     except OSError as e:
         raise T2VError(f"cannot write {target}: {e.strerror or e}") from e
-    finally:
-        _remove(tmp)
-    _remove(old)
-    return target
 
 
 def read_video(path: str | os.PathLike[str]) -> np.ndarray:
