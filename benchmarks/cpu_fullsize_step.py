@@ -38,7 +38,7 @@ def log(msg: str) -> None:
 def build_unet(seed: int):
     import torch
 
-    from t2vrt.models.presets import preset
+    from t2vrt.config import preset
     from t2vrt.models.random_init import randomize_
     from t2vrt.models.unet3d import UNet3D
 
@@ -75,15 +75,16 @@ def export_unet(work: Path, seed: int, opset: int) -> Path:
 def _export_child(out: Path, seed: int, opset: int) -> None:
     import torch
 
-    from t2vrt.export.bundle import EngineIO, component_spec
-    from t2vrt.export.numerics import TRACE_DIMS, sample_inputs
-    from t2vrt.models.presets import preset
+    from t2vrt.export.bundle import EngineIO
+    from t2vrt.components import COMPONENTS
+    from t2vrt.export.numerics import sample_inputs
+    from t2vrt.config import preset
 
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    spec = component_spec("unet", preset(MODEL))
-    inputs = tuple(torch.from_numpy(v) for v in sample_inputs(spec, TRACE_DIMS["unet"]).values())
+    spec = COMPONENTS["unet"].io(preset(MODEL))
+    inputs = tuple(torch.from_numpy(v) for v in sample_inputs(spec, COMPONENTS["unet"].trace_dims).values())
     with torch.no_grad():
         torch.onnx.export(EngineIO(build_unet(seed), torch.float32), inputs, str(tmp / "model.onnx"),
                           input_names=spec.input_names, output_names=spec.output_names,
@@ -111,7 +112,7 @@ def wait_for_memory(gib: float, patience_s: float = 1800) -> None:
 
 
 def step_inputs(seed: int = 3) -> dict[str, np.ndarray]:
-    from t2vrt.models.presets import preset
+    from t2vrt.config import preset
 
     cfg = preset(MODEL)
     rng = np.random.default_rng(seed)
@@ -213,7 +214,7 @@ def main() -> None:
         from torch.nn.attention import SDPBackend, sdpa_kernel
         from torch.utils.flop_counter import FlopCounterMode
 
-        from t2vrt.models.presets import preset
+        from t2vrt.config import preset
         from t2vrt.models.unet3d import UNet3D
 
         with torch.device("meta"):

@@ -149,7 +149,7 @@ class IOSpec:
         )
 
 
-# The three engines. Inputs and outputs are float32 at the boundary in every precision (an fp16 graph casts inside),
+# The engines' specs (t2vrt.components says which engines a model has). Inputs and outputs are float32 at the boundary in every precision (an fp16 graph casts inside),
 # so the runtime's buffers and the sampler's arithmetic never depend on the bundle's precision.
 
 
@@ -183,5 +183,3 @@ def vae_decoder_spec(z_channels: int, downscale: int, out_channels: int = 3) -> 
         ),
     )
 
-
-COMPONENTS = ("text_encoder", "unet", "vae_decoder")

@@ -1,27 +1,38 @@
-"""The bundle's manifest.json: the one file every stage after export reads (torch-free).
+"""The bundle's manifest.json: the one file every stage after export reads, as typed objects (torch-free).
 
 A bundle directory:
     manifest.json                      this file
     tokenizer.json                     HF `tokenizers` file giving open_clip's ids
-    text_encoder/{fp32,fp16}/model.onnx (+ model.onnx.data when external)
-    unet/{fp32,fp16}/model.onnx (+ model.onnx.data)
-    vae_decoder/{fp32,fp16}/model.onnx (+ model.onnx.data)
+    <component>/{fp32,fp16}/model.onnx (+ model.onnx.data when external), one per entry of t2vrt.components
     engines/                           TensorRT plans, written by `t2vrt build`
+
+Schema 2: the model config (components, schedule, generation defaults) is stored once, as `ModelConfig.to_dict()`;
+the latent shape, the size multiple and the defaults are all read from it.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from t2vrt.components import COMPONENTS, REQUIRED
+from t2vrt.config import ConfigError, Defaults, ModelConfig, ScheduleConfig
 from t2vrt.errors import UsageError
-from t2vrt.iospec import COMPONENTS, IOSpec
+from t2vrt.iospec import IOSpec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 PRECISIONS = ("fp32", "fp16")
+
+
+def bundle_path(bundle: Path, rel: str, what: str) -> Path:
+    """The path a manifest field names, inside the bundle (the one place manifest paths are turned into files)."""
+    if not isinstance(rel, str) or not rel:
+        raise UsageError(f"{bundle / MANIFEST_NAME}: {what} must be a relative path inside the bundle, got {rel!r}")
+    return bundle / rel
 
 
 @dataclass(frozen=True)
@@ -30,7 +41,29 @@ class ComponentFile:
     data: Path | None  # its external-data file, if any
     sha256: str  # of the graph file
     bytes: int  # graph + data
-    parity: dict[str, float]  # what the export's gate measured
+    key: str = ""  # hash of everything the graph depends on (export reuses a file whose key is unchanged)
+    parity: dict[str, float] = field(default_factory=dict)  # what the export's gate measured
+
+    def to_json(self, bundle: Path) -> dict[str, Any]:
+        return {
+            "path": self.path.relative_to(bundle).as_posix(),
+            "data": self.data.relative_to(bundle).as_posix() if self.data else None,
+            "sha256": self.sha256,
+            "bytes": self.bytes,
+            "key": self.key,
+            "parity": self.parity,
+        }
+
+    @classmethod
+    def from_json(cls, bundle: Path, d: dict[str, Any], what: str) -> ComponentFile:
+        return cls(
+            path=bundle_path(bundle, d["path"], f"{what} path"),
+            data=bundle_path(bundle, d["data"], f"{what} data") if d.get("data") else None,
+            sha256=str(d["sha256"]),
+            bytes=int(d["bytes"]),
+            key=str(d.get("key", "")),
+            parity={k: float(v) for k, v in d.get("parity", {}).items()},
+        )
 
 
 @dataclass(frozen=True)
@@ -49,40 +82,79 @@ class Component:
 
 
 @dataclass(frozen=True)
+class TokenizerInfo:
+    file: str  # relative to the bundle
+    context_length: int
+    sot: int = 49406
+    eot: int = 49407
+    pad: int = 0
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """Where the bundle's weights came from: checkpoint layout, location, and the fingerprint of its files."""
+
+    layout: str
+    location: str
+    key: str
+    files: tuple[dict[str, Any], ...] = ()  # {path, bytes, mtime, sha256} per checkpoint file
+
+
+@dataclass(frozen=True)
 class Manifest:
     bundle: Path
-    raw: dict[str, Any]
+    model: ModelConfig
+    betas: tuple[float, ...]  # the noise schedule the runtime samples with (float64 values)
+    tokenizer: TokenizerInfo
     components: dict[str, Component]
+    source: SourceInfo
+    opset: int = 17
+    fp16_gate: dict[str, float] | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    created: str = ""
 
     @property
-    def defaults(self) -> dict[str, Any]:
-        return self.raw["defaults"]
+    def defaults(self) -> Defaults:
+        return self.model.defaults
 
     @property
-    def schedule(self) -> dict[str, Any]:
-        return self.raw["schedule"]
-
-    @property
-    def tokenizer(self) -> dict[str, Any]:
-        return self.raw["tokenizer"]
-
-    @property
-    def latent(self) -> dict[str, Any]:
-        """channels, downscale (8), vae_scaling_factor; the scaling is applied inside the exported VAE graph."""
-        return self.raw["latent"]
+    def schedule(self) -> ScheduleConfig:
+        return self.model.schedule
 
     @property
     def model_name(self) -> str:
-        return self.raw["model"]["name"]
+        return self.model.name
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return bundle_path(self.bundle, self.tokenizer.file, "tokenizer file")
 
     @property
     def precisions(self) -> list[str]:
         return [p for p in PRECISIONS if all(p in c.files for c in self.components.values())]
 
+    def to_json(self) -> dict[str, Any]:
+        b = self.bundle
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "created": self.created,
+            "model": {"name": self.model.name, "config": self.model.to_dict()},
+            "source": {"layout": self.source.layout, "location": self.source.location, "key": self.source.key,
+                       "files": list(self.source.files)},  # fmt: skip
+            "schedule": {"betas": list(self.betas)},
+            "tokenizer": vars(self.tokenizer),
+            "components": {
+                n: {"io": c.io.to_json(), "files": {p: f.to_json(b) for p, f in c.files.items()}}
+                for n, c in self.components.items()
+            },
+            "fp16_gate": self.fp16_gate,
+            "opset": self.opset,
+            "versions": self.versions,
+        }
 
-def load_manifest(bundle: str | Path) -> Manifest:
-    """Read and check a bundle's manifest; every error is one UsageError line naming the file and what is wrong."""
-    bundle = Path(bundle)
+
+def read_raw(bundle: Path) -> dict[str, Any]:
+    """manifest.json as JSON, checked to be an object of this schema version; one UsageError line otherwise."""
     path = bundle / MANIFEST_NAME
     if not bundle.is_dir():
         raise UsageError(f"bundle {str(bundle)!r} is not a directory; make one with `t2vrt export MODEL --out {bundle}`")
@@ -90,32 +162,66 @@ def load_manifest(bundle: str | Path) -> Manifest:
         raise UsageError(f"{path} is missing: {str(bundle)!r} is not a t2vrt bundle (make one with `t2vrt export`)")
     try:
         raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise UsageError(f"{path} is unreadable or corrupted: {e}") from None
     version = raw.get("schema_version") if isinstance(raw, dict) else None
     if version != SCHEMA_VERSION:
         raise UsageError(
             f"{path} has schema version {version!r}; this t2vrt reads version {SCHEMA_VERSION}: re-export the bundle"
         )
+    return raw
+
+
+def load_manifest(bundle: str | Path) -> Manifest:
+    """Read and check a bundle's manifest; every error is one UsageError line naming the file and what is wrong."""
+    bundle = Path(bundle)
+    path = bundle / MANIFEST_NAME
+    raw = read_raw(bundle)
     try:
+        model = ModelConfig.from_dict(raw["model"]["config"])
         components = {}
-        for name in COMPONENTS:
-            c = raw["components"][name]
-            files = {}
-            for prec, f in c["files"].items():
-                files[prec] = ComponentFile(
-                    path=bundle / f["path"],
-                    data=bundle / f["data"] if f.get("data") else None,
-                    sha256=f["sha256"],
-                    bytes=int(f["bytes"]),
-                    parity=dict(f.get("parity", {})),
-                )
+        for name, cdef in COMPONENTS.items():
+            c = raw["components"].get(name)
+            if c is None:
+                if cdef.required:
+                    raise KeyError(f"components.{name}")
+                continue
+            files = {p: ComponentFile.from_json(bundle, f, f"{name} {p}") for p, f in c["files"].items()}
             components[name] = Component(name, IOSpec.from_json(c["io"]), files)
-        for key in ("defaults", "schedule", "tokenizer", "latent", "model"):
-            raw[key]  # noqa: B018 - presence check
-    except (KeyError, TypeError, ValueError) as e:
+        unknown = sorted(set(raw["components"]) - set(COMPONENTS))
+        if unknown:
+            raise ValueError(f"unknown component(s) {unknown}: written by a newer t2vrt?")
+        betas = tuple(float(b) for b in raw["schedule"]["betas"])
+        tokenizer = TokenizerInfo(**raw["tokenizer"])
+        src = raw["source"]
+        source = SourceInfo(str(src["layout"]), str(src["location"]), str(src["key"]), tuple(src.get("files", ())))
+        manifest = Manifest(
+            bundle, model, betas, tokenizer, components, source, opset=int(raw.get("opset", 17)),
+            fp16_gate=raw.get("fp16_gate"), versions=dict(raw.get("versions", {})), created=str(raw.get("created", "")),
+        )  # fmt: skip
+    except ConfigError as e:
+        raise UsageError(f"{path}: {e}; re-export the bundle") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise UsageError(f"{path} is missing or has a malformed field ({e}); re-export the bundle") from None
-    return Manifest(bundle, raw, components)
+    _check(manifest, path)
+    return manifest
+
+
+def _check(m: Manifest, path: Path) -> None:
+    """The values every later stage relies on, checked once here."""
+    n = m.schedule.num_train_timesteps
+    if len(m.betas) != n:
+        raise UsageError(f"{path}: schedule has {len(m.betas)} betas for {n} training timesteps; re-export the bundle")
+    if not all(math.isfinite(b) and 0.0 < b < 1.0 for b in m.betas):
+        raise UsageError(f"{path}: schedule betas must all be in (0, 1); re-export the bundle")
+    if m.tokenizer.context_length != m.model.text_encoder.context_length:
+        raise UsageError(
+            f"{path}: tokenizer context length {m.tokenizer.context_length} != the text encoder's "
+            f"{m.model.text_encoder.context_length}"
+        )
+    missing = [c for c in REQUIRED if c not in m.components]
+    if missing:
+        raise UsageError(f"{path}: the bundle lacks component(s) {', '.join(missing)}; re-export it")
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -67,11 +67,12 @@ def test_onnx_flops_match_torch_flop_counter(tmp_path: Path, tiny_models) -> Non
     from torch.utils.flop_counter import FlopCounterMode
 
     from t2vrt.benchmark.flops import onnx_flops
-    from t2vrt.export.bundle import EngineIO, component_spec
+    from t2vrt.components import COMPONENTS
+    from t2vrt.export.bundle import EngineIO
     from t2vrt.export.numerics import sample_inputs
 
     cfg, models = tiny_models
-    spec = component_spec("unet", cfg)
+    spec = COMPONENTS["unet"].io(cfg)
     dims = {"batch": 2, "frames": 3, "latent_height": 8, "latent_width": 8}
     inputs = sample_inputs(spec, dims)
     path = tmp_path / "unet.onnx"

@@ -12,8 +12,8 @@ import torch
 
 from t2vrt.errors import T2VError, UsageError
 from t2vrt.models import checkpoint
-from t2vrt.models.presets import preset
-from t2vrt.models.writers import write_diffusers, write_original
+from t2vrt.config import preset
+from support.writers import write_diffusers, write_original
 
 LAYOUTS = ("original", "diffusers")
 

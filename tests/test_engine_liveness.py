@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from t2vrt.engine import analytic
+from t2vrt.engine import analytic, sizes
 from t2vrt.engine.liveness import liveness
 
 
@@ -70,9 +70,9 @@ def test_missing_input_shape_is_named() -> None:
 
 
 def test_analytic_parameter_counts_match_reference() -> None:
-    from t2vrt.models.presets import preset
+    from t2vrt.config import preset
 
-    w = analytic.weight_bytes(preset("ms-1.7b").to_dict(), itemsize=4)
+    w = sizes.weight_bytes(preset("ms-1.7b"), itemsize=4)
     print(f"\nms-1.7b fp32 weights: unet {w['unet'] / 1e9:.3f} GB, text {w['text_encoder'] / 1e9:.3f} GB, "
           f"vae decoder {w['vae_decoder'] / 1e9:.3f} GB")  # fmt: skip
     assert abs(w["unet"] - 5.645e9) / 5.645e9 < 0.002  # text2video_pytorch_model.pth: 5.65 GB of fp32
@@ -81,14 +81,14 @@ def test_analytic_parameter_counts_match_reference() -> None:
 @pytest.mark.parametrize("name", ["tiny", "ms-1.7b"])
 def test_analytic_unet_parameters_equal_the_model(name: str) -> None:
     torch = pytest.importorskip("torch")
-    from t2vrt.models.presets import preset
+    from t2vrt.config import preset
     from t2vrt.models.unet3d import UNet3D
 
     cfg = preset(name)
     with torch.device("meta"):
         model = UNet3D(cfg.unet)
     counted = sum(p.numel() for p in model.parameters())
-    ours = analytic.unet(cfg.to_dict()["unet"], 1, 1, 8, 8)[0]
+    ours = analytic.unet(cfg.unet, 1, 1, 8, 8)[0]
     print(f"\n{name} UNet parameters: model {counted:,}, analytic {ours:,}")
     assert ours == counted
 
@@ -98,7 +98,7 @@ def test_analytic_unet_activations_track_onnx_liveness(tmp_path) -> None:
     """The analytic walk against tensor liveness of the exported tiny UNet graph, at several shapes."""
     torch = pytest.importorskip("torch")
     from t2vrt.iospec import unet_spec
-    from t2vrt.models.presets import preset
+    from t2vrt.config import preset
     from t2vrt.models.random_init import randomize_
     from t2vrt.models.unet3d import UNet3D
 
@@ -118,7 +118,7 @@ def test_analytic_unet_activations_track_onnx_liveness(tmp_path) -> None:
     for b, f, h, w in [(2, 4, 16, 16), (1, 8, 16, 24)]:
         dims = {"batch": b, "frames": f, "latent_height": h, "latent_width": w}
         live = liveness(graph, spec.shapes(dims))
-        est = analytic.activation_bytes(cfg.to_dict(), "unet", dims, itemsize=4)
+        est = sizes.activation_bytes(cfg, "unet", dims, itemsize=4)
         ratios.append(live.peak_bytes / est)
         print(f"\ntiny UNet {dims}: ONNX liveness {live.peak_bytes / 2**20:.2f} MiB (at {live.peak_node}), "
               f"analytic {est / 2**20:.2f} MiB, ratio {ratios[-1]:.2f}, unresolved {len(live.unknown)}")  # fmt: skip

@@ -14,36 +14,36 @@ from t2vrt.cli import cli
 from t2vrt.engine import store
 from t2vrt.engine.facts import bundle_facts, make_plan
 from t2vrt.engine.planner import GiB, Request
-from t2vrt.iospec import COMPONENTS
 from t2vrt.manifest import write_json_atomic
-from t2vrt.models.presets import preset
+from t2vrt.config import preset
 
 HERE = store.Target("NVIDIA GeForce RTX 3060", "8.6", "10.13.0")
 OTHER = store.Target("NVIDIA A100-SXM4-80GB", "8.0", "10.13.0")
 
 
 def make_bundle(root: Path) -> Path:
-    from t2vrt.engine.facts import preset_facts
+    """A bundle whose graphs are placeholder bytes (no export): enough for the planner and the engine store."""
+    from dataclasses import replace
+
+    from t2vrt.components import COMPONENTS
+    from t2vrt.manifest import Component, ComponentFile, Manifest, SourceInfo, TokenizerInfo
 
     cfg = preset("tiny")
-    facts = preset_facts("tiny")
+    cfg = replace(cfg, defaults=replace(cfg.defaults, num_inference_steps=2))
     components = {}
-    for name in COMPONENTS:
+    for name, cdef in COMPONENTS.items():
         files = {}
         for prec in ("fp32", "fp16"):
-            rel = f"{name}/{prec}/model.onnx"
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            path = root / name / prec / "model.onnx"
+            path.parent.mkdir(parents=True, exist_ok=True)
             data = f"{name} {prec}".encode()
-            (root / rel).write_bytes(data)
-            files[prec] = {"path": rel, "sha256": hashlib.sha256(data).hexdigest(), "bytes": 1000 * len(data)}
-        components[name] = {"io": facts.io[name].to_json(), "files": files}
-    d = cfg.defaults
-    write_json_atomic(root / "manifest.json", {
-        "schema_version": 1, "components": components, "model": {"name": "tiny", "config": cfg.to_dict()},
-        "defaults": {"num_frames": d.num_frames, "height": d.height, "width": d.width, "num_inference_steps": 2,
-                     "guidance_scale": 9.0},
-        "schedule": {}, "tokenizer": {}, "latent": {"channels": 4, "downscale": 8, "vae_scaling_factor": 0.18215},
-    })  # fmt: skip
+            path.write_bytes(data)
+            files[prec] = ComponentFile(path, None, hashlib.sha256(data).hexdigest(), 1000 * len(data))
+        components[name] = Component(name, cdef.io(cfg), files)
+    betas = tuple([0.01] * cfg.schedule.num_train_timesteps)
+    tok = TokenizerInfo("tokenizer.json", cfg.text_encoder.context_length)
+    m = Manifest(root, cfg, betas, tok, components, SourceInfo("embedded", "tiny", "0"))
+    write_json_atomic(root / "manifest.json", m.to_json())
     return root
 
 
@@ -114,12 +114,12 @@ def test_backend_refuses_engines_of_another_gpu(tmp_path: Path) -> None:
 
 def test_without_tensorrt_or_gpu_one_line(tmp_path: Path) -> None:
     from t2vrt.engine.build import tensorrt_missing
-    from t2vrt.runtime.tensorrt_backend import TensorRTBackend, tensorrt_available
+    from t2vrt.runtime.tensorrt_backend import TensorRTBackend, why_tensorrt_unavailable
 
     if tensorrt_missing() is None:
         pytest.skip("TensorRT is installed here: the refusal is not what happens")
     bundle = make_bundle(tmp_path / "b")
-    reason = tensorrt_available(bundle)
+    reason = why_tensorrt_unavailable(bundle)
     print("\n" + str(reason))
     assert reason and "TensorRT is not installed" in reason and "\n" not in reason
     with pytest.raises(Exception, match="TensorRT is not installed"):

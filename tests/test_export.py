@@ -19,8 +19,8 @@ from t2vrt.errors import T2VError, UsageError
 from t2vrt.export import bundle as bundle_mod
 from t2vrt.export.bundle import ExportOptions, export_bundle
 from t2vrt.export.gates import FP16_PSNR_BAR_DB, FP32_REL_L2_BAR
-from t2vrt.export.numerics import CHECK_DIMS, rel_l2, sample_inputs
-from t2vrt.iospec import COMPONENTS
+from t2vrt.components import COMPONENTS
+from t2vrt.export.numerics import rel_l2, sample_inputs
 from t2vrt.manifest import load_manifest
 from t2vrt.runtime.onnxruntime_backend import make_session
 
@@ -33,7 +33,7 @@ def test_tiny_bundle_is_complete_and_gated(tiny_bundle: Path) -> None:
     m = load_manifest(tiny_bundle)
     assert m.precisions == ["fp32", "fp16"]
     assert (tiny_bundle / "tokenizer.json").is_file()
-    assert len(m.schedule["betas"]) == 1000 and m.defaults["fps"] == 8
+    assert len(m.betas) == 1000 and m.defaults.fps == 8
     for name in COMPONENTS:
         c = m.components[name]
         for p in ("fp32", "fp16"):
@@ -49,7 +49,7 @@ def test_tiny_bundle_is_complete_and_gated(tiny_bundle: Path) -> None:
         assert [i.type.tensor_type.elem_type for i in g.graph.input] == [
             onnx.TensorProto.INT64 if t.dtype == "int64" else onnx.TensorProto.FLOAT for t in c.io.inputs
         ]
-    gate = m.raw["fp16_gate"]
+    gate = m.fp16_gate
     print(f"fp16 gate: {gate['psnr_db']:.1f} dB")
     assert gate["psnr_db"] >= FP16_PSNR_BAR_DB
 
@@ -76,14 +76,13 @@ def test_tracing_leaves_the_model_in_eval_mode(tmp_path: Path, tiny_models) -> N
     model's Dropouts on for everything run after the export."""
     import torch
 
-    from t2vrt.export.bundle import EngineIO, component_spec
-    from t2vrt.export.numerics import TRACE_DIMS
+    from t2vrt.export.bundle import EngineIO
     from t2vrt.export.onnx_io import trace_to_onnx
 
     cfg, models = tiny_models
-    spec = component_spec("vae_decoder", cfg)
+    spec = COMPONENTS["vae_decoder"].io(cfg)
     trace_to_onnx(EngineIO(models["vae_decoder"], torch.float32), spec,
-                  sample_inputs(spec, TRACE_DIMS["vae_decoder"]), tmp_path / "vae.onnx", 17)
+                  sample_inputs(spec, COMPONENTS["vae_decoder"].trace_dims), tmp_path / "vae.onnx", 17)
     assert not any(m.training for m in models["vae_decoder"].modules())
 
 
@@ -105,24 +104,24 @@ def test_reexport_reuses_unchanged_components(tiny_bundle: Path, tmp_path: Path)
 @pytest.mark.parametrize("layout", ["original", "diffusers"])
 def test_export_checkpoint_directory(layout: str, tmp_path: Path, tiny_bundle: Path, tiny_models) -> None:
     """A checkpoint directory of each layout exports to a bundle computing what the embedded model computes."""
-    from t2vrt.models import writers
+    from support import writers
 
     cfg, models = tiny_models
     ckpt = tmp_path / layout
     (writers.write_original if layout == "original" else writers.write_diffusers)(ckpt, models, cfg)
     out = export_bundle(ExportOptions(model=str(ckpt), out=tmp_path / "bundle", precision="fp32"))
     m, ref = load_manifest(out), load_manifest(tiny_bundle)
-    assert m.raw["source"]["layout"] == layout
-    assert len(m.raw["source"]["files"]) >= 3 and all(len(f["sha256"]) == 64 for f in m.raw["source"]["files"])
+    assert m.source.layout == layout
+    assert len(m.source.files) >= 3 and all(len(f["sha256"]) == 64 for f in m.source.files)
     for name in COMPONENTS:
-        x = sample_inputs(m.components[name].io, CHECK_DIMS[name], seed=5)
+        x = sample_inputs(m.components[name].io, COMPONENTS[name].check_dims, seed=5)
         a = make_session(m.components[name].file("fp32").path).run(None, x)[0]
         b = make_session(ref.components[name].file("fp32").path).run(None, x)[0]
         assert rel_l2(a, b) <= 1e-6, name
 
 
 def test_broken_checkpoint_leaves_no_bundle(tmp_path: Path, tiny_models) -> None:
-    from t2vrt.models import writers
+    from support import writers
 
     cfg, models = tiny_models
     ckpt = writers.write_original(tmp_path / "ckpt", models, cfg)
@@ -200,21 +199,20 @@ def test_full_size_unet_exports_with_external_data(tmp_path: Path) -> None:
     import psutil
     import torch
 
-    from t2vrt.export.bundle import EngineIO, component_spec
+    from t2vrt.export.bundle import EngineIO
     from t2vrt.export.gates import torch_run
-    from t2vrt.export.numerics import TRACE_DIMS
     from t2vrt.export.onnx_io import trace_to_onnx
-    from t2vrt.models.presets import preset
+    from t2vrt.config import preset
     from t2vrt.models.random_init import randomize_
     from t2vrt.models.unet3d import UNet3D
 
     cfg = preset("ms-1.7b")
     unet = randomize_(UNet3D(cfg.unet), seed=0).eval()
     n_params = sum(p.numel() for p in unet.parameters())
-    spec = component_spec("unet", cfg)
+    spec = COMPONENTS["unet"].io(cfg)
     path = tmp_path / "unet" / "model.onnx"
     t0 = time.perf_counter()
-    data = trace_to_onnx(EngineIO(unet, torch.float32), spec, sample_inputs(spec, TRACE_DIMS["unet"]), path, 17)
+    data = trace_to_onnx(EngineIO(unet, torch.float32), spec, sample_inputs(spec, COMPONENTS["unet"].trace_dims), path, 17)
     took = time.perf_counter() - t0
     assert data is not None and data.name == "model.onnx.data"
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.onnx", "model.onnx.data"]  # ONE data file

@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from t2vrt.cli import cli
 from t2vrt.models import checkpoint
 from t2vrt.models.info import describe, parameter_counts
-from t2vrt.models.presets import preset
-from t2vrt.models.writers import write_diffusers, write_original
+from t2vrt.config import preset
+from support.writers import write_diffusers, write_original
 
 T2VRT = Path(sys.executable).parent / "t2vrt"
 

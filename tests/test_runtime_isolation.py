@@ -17,7 +17,7 @@ def _leaks(code: str) -> list[str]:
 
 def test_runtime_modules_import_without_torch() -> None:
     code = (
-        "import t2vrt, t2vrt.runtime, t2vrt.runtime.pipeline, t2vrt.runtime.select, t2vrt.runtime.onnxruntime_backend,"
+        "import t2vrt, t2vrt.runtime, t2vrt.runtime.pipeline, t2vrt.runtime.backends, t2vrt.runtime.onnxruntime_backend,"
         " t2vrt.runtime.tensorrt_backend, t2vrt.runtime.schedulers, t2vrt.runtime.tokenizer, t2vrt.runtime.video,"
         " t2vrt.cli\nfrom t2vrt import Pipeline"
     )

@@ -14,7 +14,8 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from t2vrt.iospec import text_encoder_spec
 from t2vrt.models import text_encoder_keys as keys
 from t2vrt.models.random_init import randomize_
-from t2vrt.models.text_encoder import TEXT_ENCODER_PRESETS, TextEncoder, TextEncoderConfig
+from t2vrt.config.text import TEXT_ENCODER_PRESETS, TextEncoderConfig
+from t2vrt.models.text_encoder import TextEncoder
 
 TINY = TEXT_ENCODER_PRESETS["tiny"]
 PROMPTS = ["", "a panda playing guitar on times square", "An astronaut riding a horse, 4k, HDR!", "x " * 90]

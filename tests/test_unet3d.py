@@ -14,7 +14,8 @@ import torch
 from t2vrt.errors import T2VError
 from t2vrt.iospec import unet_spec
 from t2vrt.models.random_init import randomize_
-from t2vrt.models.unet3d import UNET_PRESETS, UNet3D, UNet3DConfig
+from t2vrt.config.unet import UNET_PRESETS, UNet3DConfig
+from t2vrt.models.unet3d import UNet3D
 from t2vrt.models.unet3d_keys import (
     config_from_diffusers,
     config_from_original,

@@ -14,7 +14,8 @@ from t2vrt.errors import UsageError
 from t2vrt.iospec import vae_decoder_spec
 from t2vrt.models import vae_keys as keys
 from t2vrt.models.random_init import randomize_
-from t2vrt.models.vae import VAE_PRESETS, VAEDecoder, VAEDecoderConfig
+from t2vrt.config.vae import VAE_PRESETS, VAEConfig
+from t2vrt.models.vae import VAEDecoder
 
 TINY = VAE_PRESETS["tiny"]
 # damo-vilab/text-to-video-ms-1.7b vae/config.json as published (diffusers 0.15), plus the fields newer
@@ -36,11 +37,11 @@ def rel_l2(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def reference(cfg: VAEDecoderConfig, seed: int) -> AutoencoderKL:
+def reference(cfg: VAEConfig, seed: int) -> AutoencoderKL:
     return randomize_(AutoencoderKL.from_config(keys.config_to_diffusers(cfg)).eval(), seed=seed)
 
 
-def ours_from_diffusers(ref: AutoencoderKL, cfg: VAEDecoderConfig) -> VAEDecoder:
+def ours_from_diffusers(ref: AutoencoderKL, cfg: VAEConfig) -> VAEDecoder:
     dec = VAEDecoder(cfg).eval()
     dec.load_state_dict(keys.diffusers_to_original(ref.state_dict(), cfg), strict=True)
     return dec
@@ -141,12 +142,12 @@ def test_config_conversion():
     with pytest.raises(UsageError, match="shift_factor"):
         keys.config_from_diffusers(dict(MS17_VAE_CONFIG, shift_factor=0.1159))
     with pytest.raises(ValueError, match="embed_dim"):
-        keys.config_to_diffusers(VAEDecoderConfig(embed_dim=8))
+        keys.config_to_diffusers(VAEConfig(embed_dim=8))
 
 
 def test_config_fields_are_honoured():
     """A non-SD shape (3 levels, 8 groups, 16 latent channels, 1 output channel, other scale) still matches."""
-    cfg = VAEDecoderConfig(ch=16, ch_mult=(1, 2, 3), num_res_blocks=2, z_channels=16, embed_dim=16, out_ch=1,
+    cfg = VAEConfig(ch=16, ch_mult=(1, 2, 3), num_res_blocks=2, z_channels=16, embed_dim=16, out_ch=1,
                            norm_groups=8, scaling_factor=0.5)  # fmt: skip
     ref = reference(cfg, seed=6)
     dec = ours_from_diffusers(ref, cfg)
@@ -156,7 +157,7 @@ def test_config_fields_are_honoured():
     assert ours.shape == (2, 1, 12, 20)
     assert rel_l2(ours, want) <= 1e-5
     # embed_dim != z_channels (LDM allows it; diffusers does not): post_quant_conv maps embed_dim -> z_channels
-    odd = randomize_(VAEDecoder(VAEDecoderConfig(ch=32, ch_mult=(1, 2), z_channels=4, embed_dim=3)).eval(), seed=7)
+    odd = randomize_(VAEDecoder(VAEConfig(ch=32, ch_mult=(1, 2), z_channels=4, embed_dim=3)).eval(), seed=7)
     assert odd(torch.zeros(1, 3, 2, 2)).shape == (1, 3, 4, 4)
     keys.check_state(odd.state_dict(), odd.cfg)
 

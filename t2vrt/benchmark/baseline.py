@@ -16,6 +16,7 @@ import torch
 from t2vrt.errors import UsageError
 from t2vrt.manifest import Manifest
 from t2vrt.runtime import schedulers
+from t2vrt.runtime.denoiser import GuidedDenoiser
 from t2vrt.runtime.options import GenerateOptions
 
 
@@ -38,9 +39,8 @@ def source_of(manifest: Manifest):  # -> t2vrt.models.checkpoint.Source
     """The checkpoint recorded in the bundle's manifest; UsageError when it is no longer where the export found it."""
     from t2vrt.models import checkpoint
 
-    src = manifest.raw.get("source", {})
-    location = str(src.get("location", ""))
-    if src.get("layout") != "embedded" and not Path(location).is_dir():
+    location = manifest.source.location
+    if manifest.source.layout != "embedded" and not Path(location).is_dir():
         raise UsageError(
             f"--baseline torch needs the checkpoint this bundle was exported from, {location!r}, which is gone; "
             "use --baseline none"
@@ -73,8 +73,8 @@ class TorchBaseline:
         _, modules = load_model(source_of(manifest), dtype=dtype)
         for m in modules.values():
             m.to(dev)
-        acp = schedulers.alphas_cumprod(np.asarray(manifest.schedule["betas"], dtype=np.float64))
-        return cls(modules, dev, dtype, acp, int(manifest.schedule["num_train_timesteps"]))
+        acp = schedulers.alphas_cumprod(np.asarray(manifest.betas, dtype=np.float64))
+        return cls(modules, dev, dtype, acp, manifest.schedule.num_train_timesteps)
 
     def clock(self):  # -> a harness Clock
         from t2vrt.benchmark.harness import HostClock
@@ -99,18 +99,14 @@ class TorchBaseline:
         unet = self.modules["unet"]
         lat = torch.from_numpy(x).to(self.device, torch.float32)  # the sampler state stays fp32, as the runtime's
         timesteps = schedulers.ddim_timesteps(self.num_train_timesteps, o.num_inference_steps)
-        cond, uncond = emb[:1], emb[1:2]
+
+        def call(x: torch.Tensor, t: float, e: torch.Tensor) -> torch.Tensor:
+            return unet(x, torch.full((x.shape[0],), t, device=self.device), e).float()
+
+        uncond = emb[1:2] if o.guided else None
+        eps = GuidedDenoiser(call, emb[:1], uncond, o.guidance_scale, o.guidance_batch, concat=torch.cat)
         for i, t in enumerate(timesteps):
-            xin = lat.to(self.dtype)
-            if not o.guided:
-                e = unet(xin, torch.full((1,), float(t), device=self.device), cond).float()
-            elif o.guidance_batch == 2:
-                both = unet(torch.cat([xin, xin]), torch.full((2,), float(t), device=self.device), emb[:2]).float()
-                e = both[1:] + o.guidance_scale * (both[:1] - both[1:])
-            else:
-                ts = torch.full((1,), float(t), device=self.device)
-                e_c, e_u = unet(xin, ts, cond).float(), unet(xin, ts, uncond).float()
-                e = e_u + o.guidance_scale * (e_c - e_u)
+            e = eps(lat.to(self.dtype), float(t))
             a_t = float(self.alphas_cumprod[int(t)])
             a_prev = float(self.alphas_cumprod[int(timesteps[i + 1])] if i + 1 < len(timesteps) else self.alphas_cumprod[0])
             x0 = (lat - (1.0 - a_t) ** 0.5 * e) / a_t**0.5  # DDIM eq. (12), predicted x_0

@@ -22,6 +22,7 @@ from t2vrt.benchmark.harness import Clock, alternate, device_clock, summarize
 from t2vrt.benchmark.memory import MemorySampler, rss_bytes
 from t2vrt.errors import UsageError
 from t2vrt.manifest import MANIFEST_NAME, Manifest, load_manifest
+from t2vrt.runtime.backends import BackendOptions
 from t2vrt.runtime.options import GenerateOptions, resolve_options
 
 FIGURES = ("text_encode", "unet_step", "denoise", "decode", "decode_per_frame", "end_to_end")
@@ -60,7 +61,7 @@ def bundle_identity(manifest: Manifest) -> dict[str, Any]:
         "path": str(manifest.bundle),
         "manifest_sha256": hashlib.sha256(raw).hexdigest(),
         "model": manifest.model_name,
-        "source_key": manifest.raw.get("source", {}).get("key"),
+        "source_key": manifest.source.key,
         "components": {n: {p: f.sha256 for p, f in c.files.items()} for n, c in manifest.components.items()},
     }
 
@@ -142,12 +143,11 @@ def run_bench(opts: BenchOptions, progress: Progress = lambda s: None) -> dict[s
 
     opts.validate()
     manifest = load_manifest(opts.bundle)
-    on_gpu_probe = opts.backend in ("auto", "tensorrt", "onnxruntime", "onnxruntime-cuda")
+    on_gpu_probe = opts.backend != "onnxruntime-cpu"
     rss0 = rss_bytes()
     with MemorySampler(device=on_gpu_probe) as idle:
         pass
-    pipe = Pipeline.from_bundle(opts.bundle, backend=opts.backend, **({"threads": opts.threads} if opts.threads and
-                                opts.backend.startswith("onnxruntime") else {}))  # fmt: skip
+    pipe = Pipeline.from_bundle(opts.bundle, backend=opts.backend, options=BackendOptions(threads=opts.threads))
     try:
         on_gpu = pipe.backend.name != "onnxruntime-cpu"
         hints = pipe.backend.hints()
@@ -155,8 +155,7 @@ def run_bench(opts: BenchOptions, progress: Progress = lambda s: None) -> dict[s
             manifest, PROMPT, num_frames=opts.frames, height=opts.height, width=opts.width,
             num_inference_steps=opts.steps, seed=opts.seed, guidance_batch=hints.guidance_batch, vae_chunk=hints.vae_chunk,
         )  # fmt: skip
-        ds = int(manifest.latent["downscale"])
-        shape = (1, int(manifest.latent["channels"]), o.num_frames, o.height // ds, o.width // ds)
+        shape = manifest.model.latent_shape(o.num_frames, o.height, o.width)
         x0 = np.random.default_rng(o.seed).standard_normal(shape, np.float32)
         clock = device_clock(on_gpu)
         ours = f"t2vrt-{pipe.backend.name}"

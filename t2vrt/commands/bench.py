@@ -8,11 +8,12 @@ from pathlib import Path
 import click
 
 from t2vrt.commands import reports_errors
+from t2vrt.runtime.backends import CHOICES
 
 
 @click.command("bench")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "onnxruntime-cuda", "onnxruntime-cpu"]),
+@click.option("--backend", type=click.Choice(CHOICES),
               default="auto", show_default=True)
 @click.option("--baseline", type=click.Choice(["torch", "none"]), default="torch", show_default=True,
               help="Also run the checkpoint the bundle came from in PyTorch eager (fp16+SDPA on GPU, fp32 on CPU).")

@@ -10,6 +10,8 @@ import click
 
 from t2vrt.commands import reports_errors
 from t2vrt.errors import UsageError
+from t2vrt.runtime.backends import CHOICES
+from t2vrt.runtime.samplers import SAMPLERS
 
 
 @click.command("generate")
@@ -25,10 +27,10 @@ from t2vrt.errors import UsageError
 @click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale (>= 1).")
 @click.option("--eta", type=float, default=0.0, show_default=True, help="DDIM eta (0 = deterministic).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--scheduler", type=click.Choice(["ddim", "dpm++"]), default="ddim", show_default=True)
+@click.option("--scheduler", type=click.Choice(list(SAMPLERS)), default=None,
+              help="Sampler (default: the bundle's, ddim for the base models).")
 @click.option("--fps", type=int, default=None, help="Frames per second of the file (default: the bundle's, 8).")
-@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "onnxruntime-cuda", "onnxruntime-cpu"]),
-              default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(CHOICES), default="auto", show_default=True)
 @click.option("--guidance-batch", type=click.IntRange(1, 2), default=None,
               help="2: cond+uncond in one UNet call; 1: two calls, less memory (default: the engine plan's or 2).")
 @click.option("--vae-chunk", type=click.IntRange(0), default=None, help="Frames per VAE call (0 = all).")
@@ -38,7 +40,7 @@ from t2vrt.errors import UsageError
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @reports_errors
 def command(prompt: str, bundle: Path, output: Path, negative: str | None, frames: int | None, height: int | None,
-            width: int | None, steps: int | None, guidance: float | None, eta: float, seed: int, scheduler: str,
+            width: int | None, steps: int | None, guidance: float | None, eta: float, seed: int, scheduler: str | None,
             fps: int | None, backend: str, guidance_batch: int | None, vae_chunk: int | None,
             latents_file: Path | None, overwrite: bool, quiet: bool) -> None:
     """Generate a video for PROMPT with a bundle's engines."""

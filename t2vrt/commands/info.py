@@ -18,6 +18,7 @@ def is_bundle(model: str) -> bool:
 
 def describe_bundle(bundle: Path) -> dict[str, Any]:
     """A bundle's manifest summary and its TensorRT engines on disk (torch-free)."""
+    from t2vrt.config import to_dict
     from t2vrt.engine.store import bundle_engine_summary
     from t2vrt.manifest import load_manifest
 
@@ -27,13 +28,13 @@ def describe_bundle(bundle: Path) -> dict[str, Any]:
         "bundle": str(bundle),
         "name": m.model_name,
         "precisions": m.precisions,
-        "defaults": m.defaults,
+        "defaults": to_dict(m.defaults),
         "components": {
             name: {p: {"path": str(f.path), "bytes": f.bytes, "parity": f.parity} for p, f in c.files.items()}
             for name, c in m.components.items()
         },
-        "fp16_gate": m.raw.get("fp16_gate"),
-        "source": {k: m.raw["source"].get(k) for k in ("layout", "location")},
+        "fp16_gate": m.fp16_gate,
+        "source": {"layout": m.source.layout, "location": m.source.location},
         "engines": bundle_engine_summary(bundle),
     }
 

@@ -8,17 +8,15 @@ shapes; this walks each component's blocks in execution order, like the graph do
   outputs) on top of what is held across blocks (the UNet's skip connections), as element counts; the peak is
   the estimate. Attention is counted fused (TensorRT's MHA kernels never write the score matrix), as the ONNX
   liveness estimate counts it; tests compare the two on exported graphs.
-The config is the dict a bundle's manifest carries (`ModelConfig.to_dict()`: "unet", "text_encoder", "vae").
+The UNet walk follows `unet_layout`, the block list the PyTorch model is built from (t2vrt.config.unet), so the two
+cannot drift. The registry's planner entries (t2vrt.components) call these per component.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-FP16 = 2
-
+from t2vrt.config import LayerSpec, TextEncoderConfig, UNet3DConfig, VAEConfig, unet_layout
 
 @dataclass
 class _Walk:
@@ -81,68 +79,64 @@ def _resblock(w: _Walk, cin: int, cout: int, n_pos: int, temb: int, temporal: bo
         w.op(o, o, o)
 
 
-def unet(cfg: Mapping[str, Any], batch: int, frames: int, lh: int, lw: int) -> tuple[int, int]:
-    """(parameters, peak live activation elements) of the UNet3D on (batch, c, frames, lh, lw)."""
-    c0, mult, nres = int(cfg["model_channels"]), list(cfg["channel_mult"]), int(cfg["num_res_blocks"])
-    head, temb, ctx = int(cfg["head_dim"]), int(cfg["model_channels"]) * 4, int(cfg["context_dim"])
-    attn_levels = {lvl for lvl in range(len(mult)) if 1 / 2**lvl in [float(s) for s in cfg["attn_scales"]]}
-    temporal = bool(cfg.get("temporal_attention", True))
-    w = _Walk()
-    w.params += _linear(c0, temb) + _linear(temb, temb) + _conv(int(cfg["in_channels"]), c0, 9)
+def unet(cfg: UNet3DConfig, batch: int, frames: int, lh: int, lw: int) -> tuple[int, int]:
+    """(parameters, peak live activation elements) of the UNet3D on (batch, c, frames, lh, lw).
+
+    Walks `unet_layout`, the same block list the PyTorch model is built from; skips are held from the input block
+    that makes them to the output block that concatenates them."""
+    layout = unet_layout(cfg)
+    levels, temb = len(cfg.channel_mult), cfg.time_embed_dim
     n = batch * frames
-    pos = [n * (lh // 2**lvl) * (lw // 2**lvl) for lvl in range(len(mult))]
-    w.op(c0 * pos[0])
-    _transformer(w, c0, int(cfg["num_heads"]) * head, pos[0], None)  # input_blocks.0.1
-    skips = [c0 * pos[0]]
-    chans = [c0]
-    w.held += skips[-1]
-    ch = c0
-    for lvl, m in enumerate(mult):
-        for _ in range(nres):
-            _resblock(w, ch, m * c0, pos[lvl], temb, True)
-            ch = m * c0
-            if lvl in attn_levels:
-                _transformer(w, ch, ch, pos[lvl], ctx)
-                if temporal:
-                    _transformer(w, ch, ch, pos[lvl], None)
-            w.held += ch * pos[lvl]
-            chans.append(ch)
-        if lvl != len(mult) - 1:
+    pos = [n * (lh // 2**lvl) * (lw // 2**lvl) for lvl in range(levels)]
+    w = _Walk()
+    w.params += _linear(cfg.model_channels, temb) + _linear(temb, temb)
+
+    def layer(spec: LayerSpec, ch: int) -> int:
+        """Count one layer working on `ch` channels; return its output channels."""
+        lvl = spec.level if spec.level >= 0 else levels - 1
+        p = pos[lvl]
+        if spec.kind == "conv_in":
+            w.params += _conv(spec.in_channels, spec.channels, 9)
+            w.op(spec.channels * p)
+        elif spec.kind == "res":
+            _resblock(w, spec.in_channels, spec.channels, p, temb, True)
+        elif spec.kind in ("spatial", "temporal"):
+            ctx = cfg.context_dim if spec.kind == "spatial" else None
+            _transformer(w, spec.channels, spec.heads * cfg.head_dim, p, ctx)
+        elif spec.kind == "down":
             w.params += _conv(ch, ch, 9)
             w.op(ch * pos[lvl + 1])  # stride-2 conv
-            w.held += ch * pos[lvl + 1]
-            chans.append(ch)
-    last = len(mult) - 1
-    _resblock(w, ch, ch, pos[last], temb, True)
-    _transformer(w, ch, ch, pos[last], ctx)
-    if temporal:
-        _transformer(w, ch, ch, pos[last], None)
-    _resblock(w, ch, ch, pos[last], temb, True)
-    for lvl in reversed(range(len(mult))):
-        for i in range(nres + 1):
-            skip = chans.pop()
-            w.held -= skip * pos[lvl]
-            cat = (ch + skip) * pos[lvl]
-            w.op(ch * pos[lvl], skip * pos[lvl], cat)  # concat with the skip
-            _resblock(w, ch + skip, mult[lvl] * c0, pos[lvl], temb, True)
-            ch = mult[lvl] * c0
-            if lvl in attn_levels:
-                _transformer(w, ch, ch, pos[lvl], ctx)
-                if temporal:
-                    _transformer(w, ch, ch, pos[lvl], None)
-            if lvl and i == nres:
-                w.params += _conv(ch, ch, 9)
-                w.op(ch * pos[lvl], ch * pos[lvl - 1], ch * pos[lvl - 1])  # nearest x2, conv
-    w.params += 2 * ch + _conv(ch, int(cfg["out_channels"]), 9)
+        elif spec.kind == "up":
+            w.params += _conv(ch, ch, 9)
+            w.op(ch * p, ch * pos[lvl - 1], ch * pos[lvl - 1])  # nearest x2, conv
+        return spec.channels
+
+    ch = 0
+    skips: list[tuple[int, int]] = []  # (channels, level) of each input block's output
+    for block in layout["input_blocks"]:
+        for spec in block:
+            ch = layer(spec, ch)
+        lvl = block[0].level + (1 if block[0].kind == "down" else 0)
+        skips.append((ch, lvl))
+        w.held += ch * pos[lvl]
+    for spec in layout["middle_block"][0]:
+        ch = layer(spec, ch)
+    for block in layout["output_blocks"]:
+        skip, lvl = skips.pop()
+        w.held -= skip * pos[lvl]
+        w.op(ch * pos[lvl], skip * pos[lvl], (ch + skip) * pos[lvl])  # concat with the skip
+        for spec in block:
+            ch = layer(spec, ch)
+    w.params += 2 * ch + _conv(ch, cfg.out_channels, 9)
     w.op(ch * pos[0], ch * pos[0])
     return w.params, w.peak
 
 
-def text_encoder(cfg: Mapping[str, Any], batch: int) -> tuple[int, int]:
+def text_encoder(cfg: TextEncoderConfig, batch: int) -> tuple[int, int]:
     """(parameters, peak activation elements) of the text tower run to `layers_used` blocks, then ln_final."""
-    width, ctx, layers = int(cfg["width"]), int(cfg["context_length"]), int(cfg["layers_used"])
+    width, ctx, layers = cfg.width, cfg.context_length, cfg.layers_used
     w = _Walk()
-    w.params += int(cfg["vocab_size"]) * width + ctx * width + 2 * width
+    w.params += cfg.vocab_size * width + ctx * width + 2 * width
     w.params += layers * (2 * width + _linear(width, 3 * width) + _linear(width, width) + 2 * width)
     w.params += layers * (_linear(width, 4 * width) + _linear(4 * width, width))
     x = batch * ctx * width
@@ -151,10 +145,10 @@ def text_encoder(cfg: Mapping[str, Any], batch: int) -> tuple[int, int]:
     return w.params, w.peak
 
 
-def vae_decoder(cfg: Mapping[str, Any], images: int, lh: int, lw: int) -> tuple[int, int]:
+def vae_decoder(cfg: VAEConfig, images: int, lh: int, lw: int) -> tuple[int, int]:
     """(parameters, peak activation elements) of post_quant_conv + the KL-f8 decoder on `images` latents."""
-    ch0, mult, nres = int(cfg["ch"]), list(cfg["ch_mult"]), int(cfg["num_res_blocks"])
-    z, emb = int(cfg["z_channels"]), int(cfg["embed_dim"])
+    ch0, mult, nres = cfg.ch, list(cfg.ch_mult), cfg.num_res_blocks
+    z, emb = cfg.z_channels, cfg.embed_dim
     w = _Walk()
 
     def res(cin: int, cout: int, n_pos: int) -> None:
@@ -183,28 +177,6 @@ def vae_decoder(cfg: Mapping[str, Any], images: int, lh: int, lw: int) -> tuple[
         if lvl:
             w.params += _conv(ch, ch, 9)
             w.op(ch * pos[k], ch * pos[k + 1], ch * pos[k + 1])  # nearest x2, conv
-    w.params += 2 * ch + _conv(ch, int(cfg["out_ch"]), 9)
+    w.params += 2 * ch + _conv(ch, cfg.out_ch, 9)
     w.op(ch * pos[-1], ch * pos[-1], ch * pos[-1])
     return w.params, w.peak
-
-
-def weight_bytes(model_cfg: Mapping[str, Any], itemsize: int = FP16) -> dict[str, int]:
-    """Bytes of weights per engine at `itemsize` bytes per parameter (shapes do not matter: batch 1, 1 frame, 8x8)."""
-    return {
-        "text_encoder": text_encoder(model_cfg["text_encoder"], 1)[0] * itemsize,
-        "unet": unet(model_cfg["unet"], 1, 1, 8, 8)[0] * itemsize,
-        "vae_decoder": vae_decoder(model_cfg["vae"], 1, 1, 1)[0] * itemsize,
-    }
-
-
-def activation_bytes(model_cfg: Mapping[str, Any], component: str, dims: Mapping[str, int], itemsize: int = FP16) -> int:
-    """Peak live activation bytes of one engine at the io-spec symbol sizes `dims`."""
-    if component == "unet":
-        _, peak = unet(model_cfg["unet"], dims["batch"], dims["frames"], dims["latent_height"], dims["latent_width"])
-    elif component == "vae_decoder":
-        _, peak = vae_decoder(model_cfg["vae"], dims["vae_batch"], dims["latent_height"], dims["latent_width"])
-    elif component == "text_encoder":
-        _, peak = text_encoder(model_cfg["text_encoder"], dims["text_batch"])
-    else:
-        raise KeyError(f"unknown component {component!r}")
-    return peak * itemsize

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from t2vrt import iospec
+from t2vrt.components import io_specs
+from t2vrt.config import PRESETS, Defaults, ModelConfig
 from t2vrt.engine import store
 from t2vrt.engine.planner import MAX_VAE_CHUNK, Plan, Request, parse_bytes, plan
 from t2vrt.engine.sizes import Sizes, analytic_sizes, bundle_sizes
@@ -18,33 +18,30 @@ from t2vrt.manifest import Manifest, load_manifest
 @dataclass(frozen=True)
 class Facts:
     name: str  # the bundle path or preset name
+    model: ModelConfig
     io: dict[str, iospec.IOSpec]
     sizes: Sizes
-    downscale: int
-    multiple: int  # height/width must be multiples of this (latent downscale x UNet downsampling)
-    defaults: Mapping[str, Any]
     manifest: Manifest | None
 
+    @property
+    def downscale(self) -> int:
+        return self.model.vae.downscale
 
-def _multiple(model_cfg: Mapping[str, Any], downscale: int) -> int:
-    levels: int = len(model_cfg["unet"]["channel_mult"])
-    return downscale << (levels - 1)
+    @property
+    def multiple(self) -> int:
+        """Height and width must be multiples of this (latent downscale x UNet downsampling)."""
+        return self.model.size_multiple
+
+    @property
+    def defaults(self) -> Defaults:
+        return self.model.defaults
 
 
 def preset_facts(name: str) -> Facts:
-    from t2vrt.models.presets import PRESETS  # configs only: no torch
-
     if name not in PRESETS:
         raise UsageError(f"{name!r} is neither a bundle directory nor a model preset ({', '.join(PRESETS)})")
     cfg = PRESETS[name]
-    d = cfg.to_dict()
-    te, u, v = cfg.text_encoder, cfg.unet, cfg.vae
-    io = {
-        "text_encoder": iospec.text_encoder_spec(te.context_length, te.width),
-        "unet": iospec.unet_spec(u.in_channels, u.out_channels, te.context_length, u.context_dim),
-        "vae_decoder": iospec.vae_decoder_spec(v.z_channels, v.downscale, v.out_ch),
-    }
-    return Facts(name, io, analytic_sizes(d), v.downscale, _multiple(d, v.downscale), d["defaults"], None)
+    return Facts(name, cfg, io_specs(cfg), analytic_sizes(cfg), None)
 
 
 def bundle_facts(bundle: Path, calibrate: Request | None = None, target: store.Target | None = None) -> Facts:
@@ -52,8 +49,7 @@ def bundle_facts(bundle: Path, calibrate: Request | None = None, target: store.T
     m = load_manifest(bundle)
     if "fp16" not in m.precisions:
         raise UsageError(f"bundle {bundle} has no fp16 ONNX: re-export it with --precision fp16 to plan TensorRT engines")
-    cfg = m.raw["model"]["config"]
-    downscale = int(m.latent["downscale"])
+    downscale = m.model.vae.downscale
     at = None
     if calibrate is not None:
         lh, lw = calibrate.height // downscale, calibrate.width // downscale
@@ -66,14 +62,12 @@ def bundle_facts(bundle: Path, calibrate: Request | None = None, target: store.T
     if target is not None:
         sizes = replace(sizes, measured=store.measured_memory(bundle, target))
     io = {n: c.io for n, c in m.components.items()}
-    return Facts(str(bundle), io, sizes, downscale, _multiple(cfg, downscale), m.defaults, m)
+    return Facts(str(bundle), m.model, io, sizes, m)
 
 
 def request_from(facts: Facts, frames: int | None, height: int | None, width: int | None, dynamic: bool) -> Request:
     d = facts.defaults
-    return Request(
-        int(frames or d["num_frames"]), int(height or d["height"]), int(width or d["width"]), dynamic
-    )
+    return Request(frames or d.num_frames, height or d.height, width or d.width, dynamic)
 
 
 def load_facts(source: str, calibrate: Request | None = None, target: store.Target | None = None) -> Facts:

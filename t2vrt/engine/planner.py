@@ -23,7 +23,7 @@ from typing import Any
 
 from t2vrt.engine.sizes import Sizes
 from t2vrt.errors import UsageError
-from t2vrt.iospec import COMPONENTS, IOSpec
+from t2vrt.iospec import IOSpec
 
 GiB, MiB = 1 << 30, 1 << 20
 RESERVE = 384 * MiB  # CUDA context, cuBLAS/cuDNN handles, the TensorRT runtime, allocator slack
@@ -214,7 +214,7 @@ def _fit(
 ) -> Plan | None:
     budget = vram - RESERVE
     for chunk in range(min(req.frames, MAX_VAE_CHUNK), 0, -1):
-        engines = tuple(_engine(c, io[c], sizes, req, g, chunk, downscale) for c in COMPONENTS)
+        engines = tuple(_engine(c, io[c], sizes, req, g, chunk, downscale) for c in io)
         plan = Plan(vram, budget, req, residency, g, chunk, 0, engines, ())
         left = budget - plan.peak
         if stream:

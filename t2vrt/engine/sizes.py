@@ -1,7 +1,7 @@
 """What the planner needs to know about a bundle: each engine's weight bytes and its activation bytes at any shape.
 
 Three sources, best last:
-- `analytic`: from the model config (t2vrt/engine/analytic.py), for any bundle or for a preset with no export;
+- `analytic`: from the model config (the registry's planner entries, t2vrt/engine/analytic.py), for any bundle or for a preset with no export;
 - `onnx`: the analytic model scaled, per engine, by the ONNX liveness estimate over the exported fp16 graph at the
   requested shapes (the graph's real op order; one shape inference per engine, then any shape is cheap);
 - `measured`: TensorRT's device_memory_size_v2 of an engine already built at exactly these shapes (plan.json).
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
-from t2vrt.engine import analytic
+from t2vrt.components import COMPONENTS
+from t2vrt.config import ModelConfig
 from t2vrt.manifest import Manifest
 
 ActivationFn = Callable[[str, Mapping[str, int]], int]
@@ -36,19 +36,32 @@ class Sizes:
         return self.measured.get(component, {}).get(dims_key(dims))
 
 
+FP16 = 2  # bytes per weight and activation in the engines
+
+
+def weight_bytes(cfg: ModelConfig, itemsize: int = FP16) -> dict[str, int]:
+    """Bytes of weights per engine at `itemsize` bytes per parameter (the registry's planner entries)."""
+    return {n: c.planner.params(cfg) * itemsize for n, c in COMPONENTS.items()}
+
+
+def activation_bytes(cfg: ModelConfig, component: str, dims: Mapping[str, int], itemsize: int = FP16) -> int:
+    """Peak live activation bytes of one engine at the io-spec symbol sizes `dims` (the analytic walk)."""
+    return COMPONENTS[component].planner.activations(cfg, dims) * itemsize
+
+
 # ONNX liveness / analytic walk, measured on the exported tiny fp16 bundle (tests/test_planner.py re-measures it):
 # the fp16 graphs add Casts at the fp32 boundary and around the norms that the walk does not model one by one.
-FP16_GRAPH_FACTOR = {"text_encoder": 1.3, "unet": 1.25, "vae_decoder": 1.4}
+FP16_GRAPH_FACTOR = {n: c.planner.fp16_graph_factor for n, c in COMPONENTS.items()}
 
 
-def analytic_sizes(model_cfg: Mapping[str, Any]) -> Sizes:
+def analytic_sizes(cfg: ModelConfig) -> Sizes:
     """Sizes of a model config with no export at all (weights as fp16 parameter counts; activations from the
     analytic walk times FP16_GRAPH_FACTOR)."""
 
     def estimate(component: str, dims: Mapping[str, int]) -> int:
-        return int(analytic.activation_bytes(model_cfg, component, dims) * FP16_GRAPH_FACTOR[component])
+        return int(activation_bytes(cfg, component, dims) * FP16_GRAPH_FACTOR[component])
 
-    return Sizes(analytic.weight_bytes(model_cfg), estimate, "analytic", calibration=dict(FP16_GRAPH_FACTOR))
+    return Sizes(weight_bytes(cfg), estimate, "analytic", calibration=dict(FP16_GRAPH_FACTOR))
 
 
 def bundle_sizes(
@@ -56,7 +69,7 @@ def bundle_sizes(
 ) -> Sizes:
     """Weights from the bundle's fp16 files; activations analytic, calibrated per engine by ONNX liveness at
     `calibrate_at[engine]` (symbol sizes) when given. Measured device memory is added by the store."""
-    model_cfg = manifest.raw["model"]["config"]
+    cfg = manifest.model
     weights = {name: c.file(precision).bytes for name, c in manifest.components.items()}
     scale: dict[str, float] = {}
     try:
@@ -64,14 +77,13 @@ def bundle_sizes(
     except ImportError:  # a runtime-only install (no onnx package): the analytic estimate stands alone
         calibrate_at = None
     for name, dims in (calibrate_at or {}).items():
-
         comp = manifest.components[name]
         live = liveness(load_graph(comp.file(precision).path), comp.io.shapes(dims))
-        guess = analytic.activation_bytes(model_cfg, name, dims)
+        guess = activation_bytes(cfg, name, dims)
         if guess and live.peak_bytes:  # a graph with no intermediates (a stub) says nothing about the model
             scale[name] = live.peak_bytes / guess
 
     def estimate(component: str, dims: Mapping[str, int]) -> int:
-        return int(analytic.activation_bytes(model_cfg, component, dims) * scale.get(component, 1.0))
+        return int(activation_bytes(cfg, component, dims) * scale.get(component, 1.0))
 
     return Sizes(weights, estimate, "onnx" if scale else "analytic", calibration=scale)

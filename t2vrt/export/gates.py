@@ -15,8 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from t2vrt.components import COMPONENTS
 from t2vrt.errors import T2VError
 from t2vrt.export.numerics import psnr, rel_l2
+from t2vrt.runtime.denoiser import guide
 
 FP32_REL_L2_BAR = 1e-4
 FP16_PSNR_BAR_DB = 35.0
@@ -25,10 +27,15 @@ CHAIN_GUIDANCE = 9.0
 CHAIN_DIMS = {"frames": 3, "latent_height": 8, "latent_width": 8}
 
 
+# Float inputs that stay fp32 in every precision (the registry's precision policy).
+FP32_INPUTS = frozenset(name for c in COMPONENTS.values() for name in c.fp32_inputs)
+
+
 def torch_run(module: nn.Module, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """One PyTorch call on numpy inputs: float inputs in the weights' dtype except FP32_INPUTS."""
     dtype = next(module.parameters()).dtype
     args = [torch.from_numpy(np.ascontiguousarray(v)) for v in inputs.values()]
-    args = [a.to(dtype) if a.is_floating_point() and name != "timestep" else a for a, name in zip(args, inputs)]
+    args = [a.to(dtype) if a.is_floating_point() and name not in FP32_INPUTS else a for a, name in zip(args, inputs)]
     with torch.no_grad():
         return module(*args).float().numpy()
 
@@ -60,7 +67,7 @@ def chain_frames(run: Callable[[str, dict[str, np.ndarray]], np.ndarray], x: Cha
     lat = np.concatenate([x.latents, x.latents])  # (2, c, f, h, w)
     t = np.full((2,), CHAIN_TIMESTEP, np.float32)
     eps_c, eps_u = run("unet", {"latents": lat, "timestep": t, "text_embeddings": emb})
-    eps = eps_u + CHAIN_GUIDANCE * (eps_c - eps_u)
+    eps = guide(eps_c, eps_u, CHAIN_GUIDANCE)
     a = x.alpha_cumprod
     x0 = (x.latents[0] - np.sqrt(1 - a) * eps) / np.sqrt(a)  # (c, f, h, w)
     frames = np.ascontiguousarray(x0.transpose(1, 0, 2, 3), dtype=np.float32)  # (f, c, h, w)

@@ -8,20 +8,6 @@ import numpy as np
 
 from t2vrt.iospec import IOSpec
 
-# The sizes the exporter traces with (every dynamic dim >= 2 and distinct, so no axis is specialised) and the
-# different sizes the parity gate checks at (so a graph that silently baked in a trace size fails the gate).
-TRACE_DIMS: dict[str, dict[str, int]] = {
-    "text_encoder": {"text_batch": 2},
-    "unet": {"batch": 2, "frames": 3, "latent_height": 8, "latent_width": 16},
-    "vae_decoder": {"vae_batch": 2, "latent_height": 4, "latent_width": 6},  # small: torch's fp16 CPU convs are slow
-}
-CHECK_DIMS: dict[str, dict[str, int]] = {
-    "text_encoder": {"text_batch": 3},
-    "unet": {"batch": 1, "frames": 5, "latent_height": 16, "latent_width": 8},
-    "vae_decoder": {"vae_batch": 3, "latent_height": 12, "latent_width": 8},
-}
-
-
 def sample_inputs(
     spec: IOSpec, dims: Mapping[str, int], seed: int = 0, vocab_size: int = 49408, num_timesteps: int = 1000
 ) -> dict[str, np.ndarray]:

@@ -1,4 +1,5 @@
-"""Where a model comes from (`resolve`), what it is (`load_config`) and its weights in our modules (`load_model`).
+"""A checkpoint, from the outside: where it comes from (`resolve`), what it is (`load_config`) and its weights in our
+modules (`load_model`). The work is in t2vrt.models.source, checkpoint_config and weights.
 
 MODEL is one of:
 - `tiny`: the embedded random-weight model (built in memory, the same weights on every machine);
@@ -10,280 +11,24 @@ MODEL is one of:
 
 from __future__ import annotations
 
-import json
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-
 import torch
 from torch import nn
 
-from t2vrt.errors import T2VError, UsageError
-from t2vrt.models.presets import ModelConfig, preset
+from t2vrt.config import ModelConfig
+from t2vrt.models.checkpoint_config import config_of
+from t2vrt.models.source import Source, hub_files, resolve
+from t2vrt.models.weights import PartReader, build_modules, check_state, load_weights, tiny_model
 
-EMBEDDED = ("tiny",)
-ORIGINAL_FILES = {  # role -> default file name; configuration.json's model_args may rename the weights
-    "config": "configuration.json",
-    "unet": "text2video_pytorch_model.pth",
-    "text_encoder": "open_clip_pytorch_model.bin",
-    "vae": "VQGAN_autoencoder.pth",
-}
-_MODEL_ARGS = {"unet": "ckpt_unet", "text_encoder": "ckpt_clip", "vae": "ckpt_autoencoder"}
-# part -> weights file names in order of preference (diffusers' names; transformers' for the text encoder).
-DIFFUSERS_PARTS = {
-    part: [f"{stem}{variant}{ext}" for variant in ("", ".fp16") for stem, ext in stems]
-    for part, stems in {
-        "unet": [("diffusion_pytorch_model", ".safetensors"), ("diffusion_pytorch_model", ".bin")],
-        "vae": [("diffusion_pytorch_model", ".safetensors"), ("diffusion_pytorch_model", ".bin")],
-        "text_encoder": [("model", ".safetensors"), ("pytorch_model", ".bin")],
-    }.items()
-}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-@dataclass(frozen=True)
-class Source:
-    layout: str  # "embedded" | "original" | "diffusers"
-    root: Path | str  # the checkpoint directory; the preset name for "embedded"
-    files: tuple[Path, ...] = ()  # every file the loader reads
-    parts: Mapping[str, Path] = field(default_factory=dict)  # role -> file (see ORIGINAL_FILES, _diffusers_parts)
-    hint: str = ""  # what the user typed (a hub id or a path): picks the zeroscope defaults
-
-
-def resolve(model: str) -> Source:
-    """MODEL string -> Source; UsageError naming what is missing when it is neither a checkpoint nor a hub id."""
-    if model in EMBEDDED:
-        return Source("embedded", model, hint=model)
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return detect(path, hint=model)
-    if path.exists():
-        raise UsageError(f"MODEL {model!r} is a file; give the checkpoint directory that holds it")
-    if _HUB_ID.match(model) and not model.startswith((".", "/")):
-        return detect(download(model), hint=model)
-    raise UsageError(
-        f"MODEL {model!r}: no such directory, and not a hub id (org/name) or an embedded model ({', '.join(EMBEDDED)})"
-    )
-
-
-def detect(root: Path, hint: str = "") -> Source:
-    """Which layout a directory holds; UsageError naming the first missing file of the layout it looks like."""
-    looks_diffusers = (root / "model_index.json").is_file() or any((root / p).is_dir() for p in DIFFUSERS_PARTS)
-    if looks_diffusers:
-        return _diffusers_source(root, hint)
-    if any((root / name).exists() for name in ORIGINAL_FILES.values()):
-        return _original_source(root, hint)
-    raise UsageError(
-        f"{str(root)!r} holds no checkpoint: expected the ModelScope files ({', '.join(ORIGINAL_FILES.values())}) "
-        f"or a diffusers layout (model_index.json, {'/, '.join(DIFFUSERS_PARTS)}/)"
-    )
-
-
-def _original_source(root: Path, hint: str) -> Source:
-    config = root / ORIGINAL_FILES["config"]
-    if not config.is_file():
-        raise UsageError(f"{str(root)!r}: original ModelScope layout but {config.name} is missing")
-    raw = read_json_object(config)
-    model_args = raw.get("model", raw).get("model_args") or {}  # the release nests model_args and model_cfg in "model"
-    parts = {"config": config}
-    for role, arg in _MODEL_ARGS.items():
-        name = model_args.get(arg) or ORIGINAL_FILES[role]
-        parts[role] = root / Path(str(name)).name  # a file name only: never a path out of the directory
-        if not parts[role].is_file():
-            raise UsageError(f"{str(root)!r}: original ModelScope layout but {parts[role].name} ({role}) is missing")
-    return Source("original", root, tuple(parts.values()), parts, hint)
-
-
-def _weights_file(folder: Path, names: list[str]) -> Path | None:
-    """The one weights file of a diffusers subfolder (see DIFFUSERS_PARTS), or the index of its shards."""
-    for name in names:
-        for candidate in (name, f"{name}.index.json"):
-            if (folder / candidate).is_file():
-                return folder / candidate
-    return None
-
-
-def _diffusers_source(root: Path, hint: str) -> Source:
-    parts: dict[str, Path] = {}
-    files: list[Path] = []
-    if (root / "model_index.json").is_file():
-        files.append(root / "model_index.json")
-    for part, names in DIFFUSERS_PARTS.items():
-        folder = root / part
-        if not (folder / "config.json").is_file():
-            raise UsageError(f"{str(root)!r}: diffusers layout but {part}/config.json is missing")
-        weights = _weights_file(folder, names)
-        if weights is None:
-            raise UsageError(f"{str(root)!r}: diffusers layout but {part}/ has no {' or '.join(names[:2])}")
-        parts[f"{part}_config"], parts[part] = folder / "config.json", weights
-        files += [folder / "config.json", *_shards(weights)]
-    scheduler = root / "scheduler" / "scheduler_config.json"
-    if scheduler.is_file():
-        parts["scheduler"] = scheduler
-        files.append(scheduler)
-    return Source("diffusers", root, tuple(files), parts, hint)
-
-
-def _shards(weights: Path) -> list[Path]:
-    if not weights.name.endswith(".index.json"):
-        return [weights]
-    index = read_json_object(weights).get("weight_map", {})
-    return [weights, *(weights.parent / Path(str(s)).name for s in sorted(set(index.values())))]
-
-
-def hub_files(repo_id: str, names: set[str]) -> list[str]:
-    """The files of a hub repo listing that the loader reads (diffusers layout preferred, one weights variant)."""
-    if "model_index.json" in names:
-        files = ["model_index.json"] + sorted(n for n in names if n.startswith(("scheduler/", "tokenizer/")))
-        for part, candidates in DIFFUSERS_PARTS.items():
-            files.append(f"{part}/config.json")
-            for name in candidates:
-                single, index = f"{part}/{name}", f"{part}/{name}.index.json"
-                if single in names:
-                    files.append(single)
-                    break
-                if index in names:  # shards: stem-0000k-of-0000n[.fp16].ext
-                    stem, ext = name.split(".", 1)[0], "." + name.rsplit(".", 1)[1]
-                    fp16 = ".fp16" in name
-                    shards = [n for n in names if n.startswith(f"{part}/{stem}-") and "-of-" in n
-                              and n.endswith(ext) and (".fp16" in n) == fp16]  # fmt: skip
-                    files += [index, *sorted(shards)]
-                    break
-        return files
-    if ORIGINAL_FILES["config"] in names:
-        return list(ORIGINAL_FILES.values())
-    raise T2VError(f"hub repo {repo_id!r} holds neither a diffusers nor an original ModelScope checkpoint")
-
-
-def download(repo_id: str) -> Path:
-    """Fetch the files the loader needs from the Hugging Face hub; T2VError if it fails."""
-    try:
-        from huggingface_hub import HfApi, snapshot_download
-    except ImportError:
-        raise T2VError(f"{repo_id!r} looks like a hub id, but huggingface_hub is not installed (pip install 't2vrt[export]')") from None
-    try:
-        files = hub_files(repo_id, set(HfApi().list_repo_files(repo_id)))
-        return Path(snapshot_download(repo_id, allow_patterns=files))
-    except T2VError:
-        raise
-    except Exception as e:  # noqa: BLE001 - network, auth and hub errors all become one line
-        raise T2VError(
-            f"MODEL {repo_id!r} is not a local directory, and downloading it from the hub failed: "
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        ) from None
-
-
-def read_json_object(path: Path) -> dict:
-    """A JSON file holding an object, or one T2VError line naming the file."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise T2VError(f"cannot read {str(path)!r}: {e}") from None
-    if not isinstance(data, dict):
-        raise T2VError(f"{str(path)!r} does not hold a JSON object")
-    return data
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Modules
-
-
-def build_modules(cfg: ModelConfig, device: str | torch.device = "cpu") -> dict[str, nn.Module]:
-    """Our three modules for `cfg`, uninitialised (on "meta": no memory at all, for counting and loading)."""
-    from t2vrt.models.text_encoder import TextEncoder
-    from t2vrt.models.unet3d import UNet3D
-    from t2vrt.models.vae import VAEDecoder
-
-    with torch.device(device):
-        return {
-            "text_encoder": TextEncoder(cfg.text_encoder),
-            "unet": UNet3D(cfg.unet),
-            "vae_decoder": VAEDecoder(cfg.vae),
-        }
-
-
-TINY_SEEDS = {"text_encoder": 1, "unet": 2, "vae_decoder": 3}
-
-
-def tiny_model(seed: int = 0) -> dict[str, nn.Module]:
-    """The embedded `tiny` model: preset "tiny", every weight drawn with a fixed per-component seed (eval mode)."""
-    from t2vrt.models.random_init import randomize_
-
-    models = build_modules(preset("tiny"))
-    for name, module in models.items():
-        randomize_(module, seed=1000 * seed + TINY_SEEDS[name])
-        module.eval().requires_grad_(False)
-    return models
+__all__ = ["Source", "build_modules", "check_state", "hub_files", "load_config", "load_model", "resolve", "tiny_model"]
 
 
 def load_config(source: Source) -> ModelConfig:
-    from t2vrt.models.checkpoint_config import config_of
-
     return config_of(source)
 
 
 def load_model(source: Source, dtype: torch.dtype = torch.float32) -> tuple[ModelConfig, dict[str, nn.Module]]:
-    """The config and our three modules with the checkpoint's weights, in eval mode, cast once to `dtype`.
-
-    Modules are built on the meta device and take the checkpoint's tensors as they are (assign=True; memory-mapped
-    files stay mapped), after every key and shape has been checked; the first problem is a T2VError naming it.
-    """
-    from t2vrt.models.checkpoint_config import our_state_dicts
-
-    cfg = load_config(source)
-    if source.layout == "embedded":
-        models = tiny_model()
-    else:
-        states = our_state_dicts(source, cfg)
-        models = build_modules(cfg, device="meta")
-        for name, module in models.items():
-            check_state(name, module, states[name], source.parts.get(_PART_OF[name]))
-            state = {k: _cast_aligned(v, dtype) for k, v in states[name].items()}
-            module.load_state_dict(state, strict=True, assign=True)
-            init_buffers = getattr(module, "init_buffers", None)
-            if callable(init_buffers):
-                init_buffers("cpu")  # non-persistent buffers (the causal mask) are not in any checkpoint
-            _check_materialised(name, module)
-    for module in models.values():
-        module.to(dtype).eval().requires_grad_(False)
-    return cfg, models
-
-
-def _cast_aligned(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Cast once; a tensor already in `dtype` is kept (memory-mapped) unless misaligned.
-
-    safetensors places tensors at any byte offset; CPU kernels pick other vector paths for unaligned data and round
-    differently (about 1e-8 here), so the same weights would give layout-dependent outputs. Copies are aligned.
-    """
-    if t.is_floating_point() and t.dtype != dtype:
-        return t.to(dtype)
-    return t.clone() if t.data_ptr() % 64 else t
-
-
-_PART_OF = {"text_encoder": "text_encoder", "unet": "unet", "vae_decoder": "vae"}
-
-
-def check_state(name: str, module: nn.Module, state: Mapping[str, torch.Tensor], file: Path | None = None) -> None:
-    """Every key and shape of `module` against `state`; T2VError naming the first missing/mismatched/unexpected key."""
-    where = f" ({file.name})" if file is not None else ""
-    expected = module.state_dict()
-    for key, ref in expected.items():
-        if key not in state:
-            raise T2VError(f"{name}{where}: checkpoint lacks key {key} (shape {list(ref.shape)}) that the model needs")
-        got = state[key]
-        if tuple(got.shape) != tuple(ref.shape):
-            raise T2VError(
-                f"{name}{where}: checkpoint key {key} has shape {list(got.shape)} but the model expects {list(ref.shape)}"
-            )
-        if not (got.is_floating_point() or got.dtype == ref.dtype):
-            raise T2VError(f"{name}{where}: checkpoint key {key} has dtype {got.dtype}, expected a float tensor")
-    for key in state:
-        if key not in expected:
-            raise T2VError(f"{name}{where}: unexpected checkpoint key {key} (the model has no such weight)")
-
-
-def _check_materialised(name: str, module: nn.Module) -> None:
-    for key, t in [*module.named_parameters(), *module.named_buffers()]:
-        if t.is_meta:
-            raise T2VError(f"{name}: {key} was not loaded (still on the meta device)")
+    """The config and our modules with the checkpoint's weights (eval mode, cast once to `dtype`); every file is read
+    once, for the config and the weights both."""
+    read = PartReader(source)
+    cfg = config_of(source, read)
+    return cfg, load_weights(source, cfg, read, dtype)

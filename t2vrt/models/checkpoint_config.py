@@ -1,4 +1,4 @@
-"""A resolved checkpoint's config (from its own files) and its state dicts converted to our keys.
+"""What a resolved checkpoint is: its ModelConfig, read from its own files.
 
 Every value the files give is honoured; presets only fill what a layout does not record: the original release
 hard-codes its VAE (we read its shape off the tensors), and neither layout stores generation defaults (ms-1.7b's,
@@ -17,10 +17,10 @@ from typing import Any, TypeVar
 import torch
 
 from t2vrt.errors import T2VError
-from t2vrt.models.checkpoint import Source, read_json_object
-from t2vrt.models.presets import PRESETS, ModelConfig, ScheduleConfig, preset
-from t2vrt.models.safe_load import load_lightning_state_dict, load_state_file
-from t2vrt.models.vae import VAEDecoderConfig
+from t2vrt.models.source import Source, read_json_object
+from t2vrt.config import PRESETS, ModelConfig, ScheduleConfig, preset
+from t2vrt.models.weights import PartReader
+from t2vrt.config.vae import VAEConfig
 
 Tensor = torch.Tensor
 StateDict = dict[str, Tensor]
@@ -28,11 +28,13 @@ T = TypeVar("T")
 _MEAN_TYPES = {"eps": "epsilon", "v": "v_prediction"}
 
 
-def config_of(source: Source) -> ModelConfig:
+def config_of(source: Source, read: PartReader | None = None) -> ModelConfig:
+    """The model config from the checkpoint's own files; `read` shares loaded files with the weight loading."""
+    read = read or PartReader(source)
     if source.layout == "embedded":
         return preset(str(source.root))
     if source.layout == "original":
-        unet, text, vae, schedule = _original_config(source)
+        unet, text, vae, schedule = _original_config(source, read)
     elif source.layout == "diffusers":
         unet, text, vae, schedule = _diffusers_config(source)
     else:
@@ -70,8 +72,8 @@ def _model_cfg(source: Source) -> dict:
     return model_cfg
 
 
-def _original_config(source: Source):
-    from t2vrt.models import text_encoder_keys, unet3d_keys
+def _original_config(source: Source, read: PartReader):
+    from t2vrt.models import text_encoder_keys, unet3d_keys, vae_keys
 
     model_cfg = _model_cfg(source)
     cfg_file = source.parts["config"]
@@ -80,11 +82,12 @@ def _original_config(source: Source):
     if "unet_norm_groups" in model_cfg:
         unet = replace(unet, norm_groups=int(model_cfg["unet_norm_groups"]))
     head_width = int(model_cfg.get("clip_head_width", 64))
-    clip = _openclip_state(source.parts["text_encoder"])
+    clip = read("text_encoder")
     text = _guard(
         "text_encoder", source.parts["text_encoder"], text_encoder_keys.config_from_openclip_state, clip, head_width
     )
-    vae = vae_config_from_state(_original_vae_state(source), preset("ms-1.7b").vae)
+    vae_sd = _guard("vae_decoder", source.parts["vae"], vae_keys.lightning_to_ours, read("vae"))
+    vae = vae_config_from_state(vae_sd, preset("ms-1.7b").vae)
     mean_type = str(model_cfg.get("mean_type", "eps"))
     if mean_type not in _MEAN_TYPES:
         raise T2VError(f"{cfg_file}: mean_type {mean_type!r} is not supported (known: {', '.join(_MEAN_TYPES)})")
@@ -94,21 +97,7 @@ def _original_config(source: Source):
     return unet, text, vae, schedule
 
 
-def _openclip_state(path: Path) -> StateDict:
-    sd = load_state_file(path, unwrap=("state_dict",))  # open_clip's own loader unwraps these two the same way
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module.") :]: v for k, v in sd.items()}
-    return sd
-
-
-def _original_vae_state(source: Source) -> StateDict:
-    from t2vrt.models import vae_keys
-
-    path = source.parts["vae"]
-    return _guard("vae_decoder", path, vae_keys.lightning_to_ours, load_lightning_state_dict(path))
-
-
-def vae_config_from_state(sd: Mapping[str, Tensor], base: VAEDecoderConfig) -> VAEDecoderConfig:
+def vae_config_from_state(sd: Mapping[str, Tensor], base: VAEConfig) -> VAEConfig:
     """The decoder's sizes read off its tensors (LDM names); what shapes cannot tell (groups, scale) from `base`."""
     try:
         ch = int(sd["decoder.conv_out.weight"].shape[1])
@@ -158,40 +147,3 @@ def _scheduler(path: Path) -> ScheduleConfig:
     if s.prediction_type not in _MEAN_TYPES.values():
         raise T2VError(f"{path}: prediction_type {s.prediction_type!r} is not supported ({', '.join(_MEAN_TYPES.values())})")
     return s
-
-
-def _weights(path: Path) -> StateDict:
-    """One weights file, or every shard a *.index.json names, merged."""
-    if not path.name.endswith(".index.json"):
-        return load_state_file(path)
-    out: StateDict = {}
-    for shard in sorted(set(read_json_object(path).get("weight_map", {}).values())):
-        out.update(load_state_file(path.parent / Path(str(shard)).name))
-    return out
-
-
-# ---- state dicts in our keys -----------------------------------------------------------------------------------
-
-
-def our_state_dicts(source: Source, cfg: ModelConfig) -> dict[str, StateDict]:
-    """{"text_encoder", "unet", "vae_decoder"} -> state dict in our module names (tensors as loaded, not copied)."""
-    from t2vrt.models import text_encoder_keys, unet3d_keys, vae_keys
-
-    p = source.parts
-    if source.layout == "original":
-        clip = _openclip_state(p["text_encoder"])
-        return {
-            "text_encoder": _guard("text_encoder", p["text_encoder"], text_encoder_keys.openclip_to_ours, clip, cfg.text_encoder),
-            "unet": load_state_file(p["unet"]),  # the original module names are ours
-            "vae_decoder": _original_vae_state(source),
-        }
-    if source.layout == "diffusers":
-        return {
-            "text_encoder": _guard(
-                "text_encoder", p["text_encoder"], text_encoder_keys.diffusers_to_original,
-                _weights(p["text_encoder"]), cfg.text_encoder,
-            ),
-            "unet": _guard("unet", p["unet"], unet3d_keys.diffusers_to_original, _weights(p["unet"]), cfg.unet),
-            "vae_decoder": _guard("vae_decoder", p["vae"], vae_keys.diffusers_to_original, _weights(p["vae"]), cfg.vae),
-        }  # fmt: skip
-    raise T2VError(f"layout {source.layout!r} has no files to load")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from t2vrt.models.presets import ModelConfig
+from t2vrt.config import ModelConfig
 
 
 def parameter_counts(cfg: ModelConfig) -> dict[str, int]:

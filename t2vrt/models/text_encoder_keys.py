@@ -13,7 +13,7 @@ import torch
 
 from t2vrt.errors import UsageError
 from t2vrt.models.state_check import check_shapes
-from t2vrt.models.text_encoder import TextEncoderConfig
+from t2vrt.config.text import TextEncoderConfig
 
 Tensor = torch.Tensor
 _BLOCK = re.compile(r"^transformer\.resblocks\.(\d+)\.")

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import torch
 
 from t2vrt.errors import T2VError
-from t2vrt.models.unet3d import LayerSpec, UNet3DConfig, unet_layout
+from t2vrt.config.unet import LayerSpec, UNet3DConfig, unet_layout
 
 WB = ("weight", "bias")
 _RES = (
@@ -117,6 +117,11 @@ def original_to_diffusers(sd: Mapping[str, torch.Tensor], cfg: UNet3DConfig) -> 
 
 def diffusers_to_original(sd: Mapping[str, torch.Tensor], cfg: UNet3DConfig) -> dict[str, torch.Tensor]:
     return _convert(sd, key_pairs(cfg), to_diffusers=False)
+
+
+def original_names(sd: Mapping[str, torch.Tensor], cfg: UNet3DConfig) -> dict[str, torch.Tensor]:
+    """The original release's UNet keys are our module names: nothing to rename (the loader checks every key)."""
+    return dict(sd)
 
 
 # ---- configs ----

@@ -2,34 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from t2vrt.config.vae import VAEConfig
 
-@dataclass(frozen=True)
-class VAEDecoderConfig:
-    ch: int = 128
-    ch_mult: tuple[int, ...] = (1, 2, 4, 4)
-    num_res_blocks: int = 2  # the decoder has num_res_blocks + 1 per level
-    z_channels: int = 4
-    embed_dim: int = 4
-    out_ch: int = 3
-    norm_groups: int = 32
-    scaling_factor: float = 0.18215
-
-    @property
-    def downscale(self) -> int:
-        return 2 ** (len(self.ch_mult) - 1)
-
-
-VAE_PRESETS: dict[str, VAEDecoderConfig] = {
-    "ms-1.7b": VAEDecoderConfig(),
-    "zeroscope-576w": VAEDecoderConfig(),
-    "tiny": VAEDecoderConfig(ch=32, ch_mult=(1, 2, 2, 2), num_res_blocks=1),
-}
 
 _EPS = 1e-6  # every GroupNorm of the LDM autoencoder
 
@@ -108,7 +86,7 @@ class UpLevel(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, cfg: VAEDecoderConfig):
+    def __init__(self, cfg: VAEConfig):
         super().__init__()
         chans = [cfg.ch * m for m in cfg.ch_mult]
         self.conv_in = nn.Conv2d(cfg.z_channels, chans[-1], 3, padding=1)
@@ -135,7 +113,7 @@ class VAEDecoder(nn.Module):
     No clamp: the caller maps to pixels.
     """
 
-    def __init__(self, cfg: VAEDecoderConfig):
+    def __init__(self, cfg: VAEConfig):
         super().__init__()
         self.cfg = cfg
         self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)

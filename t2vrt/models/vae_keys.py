@@ -13,7 +13,7 @@ import torch
 
 from t2vrt.errors import UsageError
 from t2vrt.models.state_check import check_shapes
-from t2vrt.models.vae import VAEDecoderConfig
+from t2vrt.config.vae import VAEConfig
 
 Tensor = torch.Tensor
 _ENCODER_SIDE = ("encoder.", "quant_conv.")  # parts of a full autoencoder that decoding never reads
@@ -36,7 +36,7 @@ def _resnet_shapes(prefix: str, cin: int, cout: int) -> dict[str, tuple[int, ...
     return out
 
 
-def expected_shapes(cfg: VAEDecoderConfig) -> dict[str, tuple[int, ...]]:
+def expected_shapes(cfg: VAEConfig) -> dict[str, tuple[int, ...]]:
     """Our state dict's keys (VAEDecoder.state_dict() order) and shapes."""
     chans = [cfg.ch * m for m in cfg.ch_mult]
     top = chans[-1]
@@ -67,7 +67,7 @@ def expected_shapes(cfg: VAEDecoderConfig) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def check_state(sd: Mapping[str, Tensor], cfg: VAEDecoderConfig) -> None:
+def check_state(sd: Mapping[str, Tensor], cfg: VAEConfig) -> None:
     """Exact key set and shapes of our layout; raises KeyError / ValueError naming the first mismatch."""
     check_shapes(sd, expected_shapes(cfg), "VAE decoder")
 
@@ -93,7 +93,7 @@ def _diffusers_name(key: str, levels: int) -> str:
     return block + f"resnets.{parts[4]}.{layer}.{parts[6]}"
 
 
-def _diffusers_names(cfg: VAEDecoderConfig) -> dict[str, str]:
+def _diffusers_names(cfg: VAEConfig) -> dict[str, str]:
     return {k: _diffusers_name(k, len(cfg.ch_mult)) for k in expected_shapes(cfg)}
 
 
@@ -101,7 +101,7 @@ def _is_linear_in_diffusers(key: str) -> bool:
     return key.startswith("decoder.mid.attn_1.") and key.endswith(".weight") and ".norm." not in key
 
 
-def diffusers_to_original(sd: Mapping[str, Tensor], cfg: VAEDecoderConfig) -> dict[str, Tensor]:
+def diffusers_to_original(sd: Mapping[str, Tensor], cfg: VAEConfig) -> dict[str, Tensor]:
     """AutoencoderKL state dict -> ours (decoder + post_quant_conv; the encoder side is ignored)."""
     inverse = {theirs: ours for ours, theirs in _diffusers_names(cfg).items()}
     out: dict[str, Tensor] = {}
@@ -126,7 +126,7 @@ def diffusers_to_original(sd: Mapping[str, Tensor], cfg: VAEDecoderConfig) -> di
     return {k: out[k] for k in expected_shapes(cfg)}
 
 
-def original_to_diffusers(sd: Mapping[str, Tensor], cfg: VAEDecoderConfig) -> dict[str, Tensor]:
+def original_to_diffusers(sd: Mapping[str, Tensor], cfg: VAEConfig) -> dict[str, Tensor]:
     """Ours -> AutoencoderKL names (decoder + post_quant_conv only)."""
     names = _diffusers_names(cfg)
     for k in sd:
@@ -141,7 +141,7 @@ def original_to_diffusers(sd: Mapping[str, Tensor], cfg: VAEDecoderConfig) -> di
     return out
 
 
-def lightning_to_ours(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def lightning_to_ours(state_dict: Mapping[str, Tensor], cfg: VAEConfig | None = None) -> dict[str, Tensor]:
     """The original VQGAN_autoencoder.pth (a Lightning checkpoint, or its ['state_dict']) -> ours.
 
     Keeps the 'first_stage_model.' keys, strips that prefix, keeps decoder.* and post_quant_conv.*.
@@ -163,7 +163,7 @@ def lightning_to_ours(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def config_from_diffusers(d: Mapping) -> VAEDecoderConfig:
+def config_from_diffusers(d: Mapping) -> VAEConfig:
     """An AutoencoderKL config dict (vae/config.json) -> ours; refuses the variants the decoder does not build."""
     blocks = [int(c) for c in d["block_out_channels"]]
     checks = {
@@ -178,7 +178,7 @@ def config_from_diffusers(d: Mapping) -> VAEDecoderConfig:
             raise UsageError(f"VAE config: {key} = {got!r} is not supported (t2vrt needs {want!r})")
     if any(c % blocks[0] for c in blocks):
         raise UsageError(f"VAE config: block_out_channels {blocks} must be multiples of the first")
-    return VAEDecoderConfig(
+    return VAEConfig(
         ch=blocks[0],
         ch_mult=tuple(c // blocks[0] for c in blocks),
         num_res_blocks=int(d["layers_per_block"]),
@@ -190,7 +190,7 @@ def config_from_diffusers(d: Mapping) -> VAEDecoderConfig:
     )
 
 
-def config_to_diffusers(cfg: VAEDecoderConfig) -> dict:
+def config_to_diffusers(cfg: VAEConfig) -> dict:
     """Ours -> an AutoencoderKL config dict (the values of ms-1.7b's vae/config.json for the ms-1.7b preset)."""
     if cfg.z_channels != cfg.embed_dim:
         raise ValueError(f"AutoencoderKL has one latent size: z_channels {cfg.z_channels} != embed_dim {cfg.embed_dim}")

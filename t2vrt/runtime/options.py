@@ -9,8 +9,7 @@ import numpy as np
 
 from t2vrt.errors import UsageError
 from t2vrt.manifest import Manifest
-
-SCHEDULERS = ("ddim", "dpm++")
+from t2vrt.runtime import samplers
 
 
 @dataclass(frozen=True)
@@ -37,35 +36,31 @@ class GenerateOptions:
 def resolve_options(manifest: Manifest, prompt: str, **given: object) -> GenerateOptions:
     """Fill unset (None) fields from the manifest's defaults and validate everything against the bundle."""
     d = manifest.defaults
-    fields = {
-        "negative_prompt": d.get("negative_prompt", ""),
-        "num_frames": d["num_frames"],
-        "height": d["height"],
-        "width": d["width"],
-        "num_inference_steps": d["num_inference_steps"],
-        "guidance_scale": d["guidance_scale"],
-    }
+    base = GenerateOptions(
+        prompt=prompt, negative_prompt=d.negative_prompt, num_frames=d.num_frames, height=d.height, width=d.width,
+        num_inference_steps=d.num_inference_steps, guidance_scale=d.guidance_scale, scheduler=d.sampler,
+    )
     values = {k: v for k, v in given.items() if v is not None}
-    opts = replace(GenerateOptions(prompt=prompt, **fields), **values)  # type: ignore[arg-type]
+    unknown = sorted(set(values) - set(GenerateOptions.__dataclass_fields__))
+    if unknown:
+        raise TypeError(f"unknown generation option(s): {', '.join(unknown)}")
+    opts = replace(base, **values)  # type: ignore[arg-type]
     validate(opts, manifest)
     return opts
-
-
-def size_multiple(manifest: Manifest) -> int:
-    """Pixels per latent (8) times the UNet's total downsampling (2 ** 3): skip connections must line up."""
-    levels = len(manifest.raw["model"]["config"]["unet"]["channel_mult"])
-    return int(manifest.latent["downscale"]) * 2 ** (levels - 1)
 
 
 def validate(o: GenerateOptions, manifest: Manifest) -> None:
     if not isinstance(o.prompt, str):
         raise UsageError(f"prompt must be a string, got {type(o.prompt).__name__}")
-    m = size_multiple(manifest)
+    m = manifest.model.size_multiple
     for name, v in (("height", o.height), ("width", o.width)):
         if not isinstance(v, int) or v < m or v % m:
             raise UsageError(f"{name} must be a positive multiple of {m} (the UNet downsamples 8x in latent space), got {v}")
-    train_steps = int(manifest.schedule["num_train_timesteps"])
-    for name, v, hi in (("frames", o.num_frames, 1024), ("steps", o.num_inference_steps, train_steps)):
+    if o.scheduler not in samplers.SAMPLERS:
+        raise UsageError(f"scheduler must be one of {', '.join(samplers.SAMPLERS)}, got {o.scheduler!r}")
+    sampler = samplers.SAMPLERS[o.scheduler]
+    _, max_steps = sampler.steps_range(manifest.schedule.num_train_timesteps)
+    for name, v, hi in (("frames", o.num_frames, 1024), ("steps", o.num_inference_steps, max_steps)):
         if not isinstance(v, int) or not 1 <= v <= hi:
             raise UsageError(f"{name} must be an integer in 1..{hi}, got {v}")
     if not math.isfinite(o.guidance_scale) or o.guidance_scale < 1.0:
@@ -74,10 +69,9 @@ def validate(o: GenerateOptions, manifest: Manifest) -> None:
         )
     if not math.isfinite(o.eta) or not 0.0 <= o.eta <= 1.0:
         raise UsageError(f"eta must be in [0, 1] (0 = deterministic DDIM), got {o.eta}")
-    if o.scheduler not in SCHEDULERS:
-        raise UsageError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {o.scheduler!r}")
-    if o.scheduler == "dpm++" and o.eta != 0.0:
-        raise UsageError("eta applies to ddim only; dpm++ is deterministic")
+    if o.eta != 0.0 and not sampler.stochastic:
+        stochastic = ", ".join(n for n, s in samplers.SAMPLERS.items() if s.stochastic)
+        raise UsageError(f"eta applies to {stochastic} only; {o.scheduler} is deterministic")
     if o.guidance_batch not in (1, 2):
         raise UsageError(f"guidance batch must be 1 (two UNet calls) or 2 (one batched call), got {o.guidance_batch}")
     if not isinstance(o.vae_chunk, int) or o.vae_chunk < 0:
@@ -87,8 +81,8 @@ def validate(o: GenerateOptions, manifest: Manifest) -> None:
 
 
 def check_latents(latents: np.ndarray, o: GenerateOptions, manifest: Manifest) -> np.ndarray:
-    ds = int(manifest.latent["downscale"])
-    want = (1, int(manifest.latent["channels"]), o.num_frames, o.height // ds, o.width // ds)
+    ds = manifest.model.vae.downscale
+    want = manifest.model.latent_shape(o.num_frames, o.height, o.width)
     arr = np.asarray(latents)
     if arr.shape != want:
         raise UsageError(f"latents must have shape {want} (1, channels, frames, height/{ds}, width/{ds}), got {arr.shape}")

@@ -1,7 +1,7 @@
-"""Pipeline: prompt -> text embeddings -> temporal DDIM loop with classifier-free guidance -> VAE decode -> Video.
+"""Pipeline: prompt -> text embeddings -> sampler loop over the guided denoiser -> VAE decode -> Video.
 
-The backend (ONNX Runtime or TensorRT) hides behind the denoiser closure `eps(x, t)`; the sampler math is the pure
-functions of t2vrt.runtime.schedulers. Torch-free.
+The backend (ONNX Runtime or TensorRT) hides behind the guided denoiser `eps(x, t)` (t2vrt.runtime.denoiser); the
+sampler is one entry of t2vrt.runtime.samplers. Torch-free.
 """
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ import numpy as np
 
 from t2vrt.errors import T2VError
 from t2vrt.manifest import Manifest, load_manifest
-from t2vrt.runtime import schedulers
-from t2vrt.runtime.backend import Backend
+from t2vrt.runtime import samplers, schedulers
+from t2vrt.runtime.backend import Backend, Runner
+from t2vrt.runtime.backends import BackendOptions, select_backend
+from t2vrt.runtime.denoiser import GuidedDenoiser
 from t2vrt.runtime.options import GenerateOptions, check_latents, resolve_options
 from t2vrt.runtime.tokenizer import Tokenizer
 from t2vrt.runtime.video import save_video, to_uint8
 
 StepCallback = Callable[[int, int], None]  # (steps done, total steps)
-SAMPLERS = {"ddim": "ddim", "dpm++": "dpmpp-2m"}  # user-facing name -> t2vrt.runtime.schedulers name
 
 
 @dataclass
@@ -50,17 +51,16 @@ class Pipeline:
         self.backend = backend
         self.tokenizer = tokenizer
         self.selection_note = selection_note  # why this backend ("auto" says which and why)
-        self.alphas_cumprod = schedulers.alphas_cumprod(np.asarray(manifest.schedule["betas"], dtype=np.float64))
-        self.num_train_timesteps = int(manifest.schedule["num_train_timesteps"])
+        self.alphas_cumprod = schedulers.alphas_cumprod(np.asarray(manifest.betas, dtype=np.float64))
+        self.num_train_timesteps = manifest.schedule.num_train_timesteps
 
     @classmethod
-    def from_bundle(cls, bundle: str | Path, backend: str = "auto", **backend_options: object) -> Pipeline:
-        from t2vrt.runtime.select import select_backend
-
+    def from_bundle(
+        cls, bundle: str | Path, backend: str = "auto", options: BackendOptions | None = None
+    ) -> Pipeline:
         manifest = load_manifest(bundle)
-        tok = manifest.tokenizer
-        tokenizer = Tokenizer.from_file(manifest.bundle / tok["file"], context_length=int(tok["context_length"]))
-        chosen, note = select_backend(manifest, backend, **backend_options)
+        tokenizer = Tokenizer.from_file(manifest.tokenizer_path, context_length=manifest.tokenizer.context_length)
+        chosen, note = select_backend(manifest, backend, options)
         return cls(manifest, chosen, tokenizer, note)
 
     def close(self) -> None:
@@ -84,7 +84,7 @@ class Pipeline:
         eta: float = 0.0,
         seed: int = 0,
         latents: np.ndarray | None = None,
-        scheduler: str = "ddim",
+        scheduler: str | None = None,
         guidance_batch: int | None = None,
         vae_chunk: int | None = None,
         callback: StepCallback | None = None,
@@ -97,8 +97,7 @@ class Pipeline:
             vae_chunk=vae_chunk if vae_chunk is not None else hints.vae_chunk,
         )
         rng = np.random.default_rng(o.seed)
-        ds = int(self.manifest.latent["downscale"])
-        shape = (1, int(self.manifest.latent["channels"]), o.num_frames, o.height // ds, o.width // ds)
+        shape = self.manifest.model.latent_shape(o.num_frames, o.height, o.width)
         x = check_latents(latents, o, self.manifest) if latents is not None else rng.standard_normal(shape, np.float32)
         timings: dict[str, float] = {}
 
@@ -114,15 +113,16 @@ class Pipeline:
         t0 = time.perf_counter()
         frames = self.decode(x, o.vae_chunk)
         timings["decode"] = time.perf_counter() - t0
-        fps = int(self.manifest.defaults.get("fps", 8))
-        return Video(frames, fps, o, self.backend.name, timings)
+        return Video(frames, self.manifest.defaults.fps, o, self.backend.name, timings)
+
+    def _stage(self, component: str) -> _Stage:
+        return _Stage(self.backend, component)
 
     def encode(self, prompt: str, negative: str | None) -> tuple[np.ndarray, np.ndarray | None]:
         """(1, L, C) embeddings of the prompt and, when guided, of the negative prompt: one call, text batch 2."""
         texts = [prompt] if negative is None else [prompt, negative]
-        runner = self.backend.open("text_encoder")
-        emb = _finite("text encoder", runner.run({"tokens": self.tokenizer.encode(texts)})["text_embeddings"])
-        self.backend.release("text_encoder")
+        with self._stage("text_encoder") as runner:
+            emb = _finite("text encoder", runner.run({"tokens": self.tokenizer.encode(texts)})["text_embeddings"])
         return emb[:1], (emb[1:2] if negative is not None else None)
 
     def denoise(
@@ -134,48 +134,49 @@ class Pipeline:
         rng: np.random.Generator,
         callback: StepCallback | None = None,
     ) -> np.ndarray:
-        unet = self.backend.open("unet")
-
-        def call(lat: np.ndarray, t: float, emb: np.ndarray) -> np.ndarray:
-            ts = np.full((lat.shape[0],), t, np.float32)
-            return unet.run({"latents": lat, "timestep": ts, "text_embeddings": emb})["eps"]
-
-        def eps(lat: np.ndarray, t: float) -> np.ndarray:
-            """Classifier-free guidance: uncond + g * (cond - uncond), batched or as two calls (same result)."""
-            if uncond is None:
-                return call(lat, t, cond)
-            if o.guidance_batch == 2:
-                both = call(np.concatenate([lat, lat]), t, np.concatenate([cond, uncond]))
-                e_c, e_u = both[:1], both[1:]
-            else:
-                e_c, e_u = call(lat, t, cond), call(lat, t, uncond)
-            return e_u + np.float32(o.guidance_scale) * (e_c - e_u)
-
-        timesteps = schedulers.sampler_timesteps(SAMPLERS[o.scheduler], self.num_train_timesteps, o.num_inference_steps)
+        sampler = samplers.get(o.scheduler)
+        timesteps = sampler.timesteps(self.num_train_timesteps, o.num_inference_steps)
         n = len(timesteps)
-
-        def denoise_step(lat: np.ndarray, t: int) -> np.ndarray:
-            return _finite("UNet", eps(lat, float(t)), f" at t={t}")
 
         def on_step(i: int, t: int, lat: np.ndarray) -> None:
             if callback is not None:
                 callback(i + 1, n)
 
-        x = schedulers.sample(
-            denoise_step, x, timesteps, self.alphas_cumprod, sampler=SAMPLERS[o.scheduler], eta=o.eta, rng=rng,
-            callback=on_step,
-        ).astype(np.float32, copy=False)
-        self.backend.release("unet")
-        return x
+        with self._stage("unet") as unet:
+
+            def call(lat: np.ndarray, t: float, emb: np.ndarray) -> np.ndarray:
+                ts = np.full((lat.shape[0],), t, np.float32)
+                return unet.run({"latents": lat, "timestep": ts, "text_embeddings": emb})["eps"]
+
+            guided = GuidedDenoiser(call, cond, uncond, o.guidance_scale, o.guidance_batch)
+
+            def eps(lat: np.ndarray, t: int) -> np.ndarray:
+                return _finite("UNet", guided(lat, float(t)), f" at t={t}")
+
+            x = samplers.sample(eps, x, timesteps, self.alphas_cumprod, sampler=o.scheduler, eta=o.eta, rng=rng,
+                                callback=on_step)  # fmt: skip
+        return x.astype(np.float32, copy=False)
 
     def decode(self, x: np.ndarray, chunk: int = 0) -> np.ndarray:
         """(1, c, f, h, w) latents -> (f, H, W, 3) uint8; frames are independent here, so chunks change memory only."""
-        vae = self.backend.open("vae_decoder")
         z = np.ascontiguousarray(x[0].transpose(1, 0, 2, 3))  # (f, c, h, w)
         n = chunk or z.shape[0]
-        images = [vae.run({"latents": z[i : i + n]})["images"] for i in range(0, z.shape[0], n)]
-        self.backend.release("vae_decoder")
+        with self._stage("vae_decoder") as vae:
+            images = [vae.run({"latents": z[i : i + n]})["images"] for i in range(0, z.shape[0], n)]
         return to_uint8(_finite("VAE decoder", np.concatenate(images)))  # (f, H, W, 3)
+
+
+class _Stage:
+    """A backend's runner for one stage, released when the stage ends, even when it fails."""
+
+    def __init__(self, backend: Backend, component: str) -> None:
+        self.backend, self.component = backend, component
+
+    def __enter__(self) -> Runner:
+        return self.backend.open(self.component)
+
+    def __exit__(self, *exc: object) -> None:
+        self.backend.release(self.component)
 
 
 __all__ = ["Pipeline", "Video"]

@@ -1,9 +1,9 @@
-"""Samplers as pure numpy functions over arrays of any rank (k-diffusion style): no state, no torch.
+"""Sampler steps as pure numpy functions over arrays of any rank (k-diffusion style): no state, no torch.
 
 The noise schedule is computed in float64 (as the original release does); the arrays being sampled keep their own
 dtype (a float32 latent stays float32; a float64 one gives float64 results, which is what the parity tests use).
 
-Two samplers:
+Two samplers (registered, with their loops, in t2vrt.runtime.samplers):
 - DDIM (Song et al. 2021, "Denoising Diffusion Implicit Models"), the original's and diffusers' default.
 - DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++"), the fewer-steps option, matching diffusers'
   DPMSolverMultistepScheduler as users of this model get it (see `dpmpp_2m_timesteps`).
@@ -15,15 +15,9 @@ arithmetic on the config: diffusers' DDIM derives it as `t - T // steps`, which 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Protocol
-
 import numpy as np
 
 from t2vrt.errors import UsageError
-
-SAMPLERS = ("ddim", "dpmpp-2m")
-
 
 def scaled_linear_betas(beta_start: float = 0.00085, beta_end: float = 0.012, n: int = 1000) -> np.ndarray:
     """The latent-diffusion "scaled linear" schedule: betas whose square roots are evenly spaced (float64)."""
@@ -172,58 +166,3 @@ def dpmpp_2m_step(
     # DPM-Solver++ eq. (9) with the linear data term: x_prev = (sigma_p / sigma_t) x_t - alpha_p (e^{-h} - 1) D.
     x_prev = (sigma_p / sigma_t) * x - (alpha_p * np.expm1(-h)) * d
     return x_prev.astype(dtype, copy=False), x0.astype(dtype, copy=False)
-
-
-def sampler_timesteps(sampler: str, num_train_timesteps: int, steps: int, offset: int = 1) -> np.ndarray:
-    """The schedule each sampler is used with (see ddim_timesteps, dpmpp_2m_timesteps)."""
-    if sampler == "ddim":
-        return ddim_timesteps(num_train_timesteps, steps, offset)
-    if sampler == "dpmpp-2m":
-        return dpmpp_2m_timesteps(num_train_timesteps, steps)
-    raise UsageError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
-
-
-class Callback(Protocol):
-    def __call__(self, i: int, t: int, x: np.ndarray) -> None: ...
-
-
-def sample(
-    denoise: Callable[[np.ndarray, int], np.ndarray],
-    x: np.ndarray,
-    timesteps: Sequence[int] | np.ndarray,
-    alphas_cumprod: np.ndarray,
-    *,
-    sampler: str = "ddim",
-    eta: float = 0.0,
-    rng: np.random.Generator | None = None,
-    callback: Callback | None = None,
-) -> np.ndarray:
-    """Run the whole loop: x <- step(x, denoise(x, t), t, next t) over `timesteps`; returns the final x.
-
-    `denoise(x, t)` gives eps (classifier-free guidance and the backend live inside it). DDIM with eta > 0 draws
-    its noise per step from `rng` (standard normal in float64, cast to x's dtype). `callback(i, t, x)` runs after
-    each step (progress bars, previews).
-    """
-    if sampler not in SAMPLERS:
-        raise UsageError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
-    if eta < 0:
-        raise UsageError(f"eta must be >= 0, got {eta}")
-    if eta > 0 and sampler != "ddim":
-        raise UsageError(f"eta {eta} needs the ddim sampler ({sampler} is deterministic); use eta 0")
-    if eta > 0 and rng is None:
-        raise ValueError("eta > 0 needs a numpy Generator (rng) for the step noise")
-    ts = [int(t) for t in timesteps]
-    prev_x0: np.ndarray | None = None
-    t_last: int | None = None
-    for i, t in enumerate(ts):
-        t_prev = ts[i + 1] if i + 1 < len(ts) else None
-        eps = denoise(x, t)
-        if sampler == "ddim":
-            noise = rng.standard_normal(x.shape).astype(x.dtype) if eta > 0 and rng is not None else None
-            x = ddim_step(x, eps, t, t_prev, alphas_cumprod, eta=eta, noise=noise)
-        else:
-            x, prev_x0 = dpmpp_2m_step(x, eps, t, t_prev, prev_x0, t_last, alphas_cumprod)
-            t_last = t
-        if callback is not None:
-            callback(i, t, x)
-    return x

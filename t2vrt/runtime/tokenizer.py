@@ -24,6 +24,20 @@ import tokenizers
 from t2vrt.errors import T2VError, UsageError
 
 SOT, EOT = "<start_of_text>", "<end_of_text>"
+N_MERGES = 49152 - 256 - 2  # open_clip reads lines 1 .. 48894 of the merges file (line 0 is a header)
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable character table (same order as open_clip's, which sets the ids)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    # dict order must be printable bytes first, then the remapped ones: open_clip numbers the vocab in this order.
+    return {b: table[b] for b in [*printable, *(b for b in range(256) if b not in printable)]}
 
 
 def clean(text: str) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from t2vrt.models.presets import ModelConfig
+from t2vrt.config import ModelConfig
 
 Tensor = torch.Tensor
 DIFFUSERS_VERSION = "0.15.0.dev0"
@@ -268,7 +268,7 @@ def write_clip_tokenizer(folder: Path, context_length: int = 77) -> None:
     import gzip
     import importlib.util
 
-    from t2vrt.export.tokenizer_json import N_MERGES, bytes_to_unicode
+    from t2vrt.runtime.tokenizer import N_MERGES, bytes_to_unicode
 
     spec = importlib.util.find_spec("open_clip")  # locate its bundled vocabulary without importing it (seconds)
     if spec is None or not spec.submodule_search_locations:
