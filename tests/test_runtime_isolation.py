@@ -39,3 +39,21 @@ def test_missing_optional_package_is_one_line() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out.startswith("2 ") and "pip install 't2vrt[export]'" in out and "Traceback" not in out, out
+
+
+def test_plan_a_preset_on_a_runtime_only_install() -> None:
+    """`t2vrt plan ms-1.7b` needs neither torch nor onnx: the presets and the planner's walk are torch-free."""
+    code = (
+        "import sys\nfor m in ('torch', 'onnx'):\n    sys.modules[m] = None  # import raises, as when not installed\n"
+        "from click.testing import CliRunner\nfrom t2vrt.cli import cli\n"
+        "r = CliRunner().invoke(cli, ['plan', 'ms-1.7b', '--vram', '8GiB'])\n"
+        "print(r.exit_code, repr(r.output))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out.startswith("0 ") and "unet" in out and "peak" in out, out
+
+
+def test_registries_are_torch_free() -> None:
+    """The component, backend and sampler tables and the configs load without torch (the runtime reads them)."""
+    code = "import t2vrt.components, t2vrt.config, t2vrt.manifest, t2vrt.runtime.backends, t2vrt.runtime.samplers"
+    assert _leaks(code) == []
