@@ -91,7 +91,7 @@ def serve(c: ServeConfig) -> None:
     for name, note in executor.describe().items():
         log.info("model %s: %s", name, note)
     live = Live()
-    worker = Worker(store, state, executor, live, ttl)
+    worker = Worker(store, state, executor, live, ttl, sweep_every=min(60.0, max(1.0, (ttl or 240) / 4)))
     svc = Services(store, state, executor, worker, live, max_queue=c.max_queue,
                    max_upload_bytes=c.max_upload_mb << 20, max_prompt_chars=c.max_prompt_chars,
                    poll_after_ms=c.poll_after_ms)
