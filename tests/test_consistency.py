@@ -217,3 +217,43 @@ def test_callback_sees_each_denoised_estimate() -> None:
     )  # fmt: skip
     assert seen == [(0, 999), (1, 759), (2, 499), (3, 259)]
     assert out.shape == SHAPE
+
+
+# ---- the runtime's sampler registry ----
+
+
+def test_registered_in_the_runtime_sampler_registry() -> None:
+    from t2vrt.runtime import samplers
+
+    x0, _ = draws(0)
+    for name in ("lcm", "t2v-turbo"):
+        s = samplers.get(name)
+        assert not s.guided and s.steps_range(1000) == (1, 8)
+        ts = s.timesteps(1000, 4)
+        got = samplers.sample(fake_eps, x0, ts, ACP, sampler=name, rng=np.random.default_rng(3))
+        want = consistency_sample(
+            fake_eps, x0, ts, ACP, timestep_scaling=consistency_sampler(name).timestep_scaling,
+            rng=np.random.default_rng(3),
+        )  # fmt: skip
+        assert np.array_equal(got, want)
+        with pytest.raises(UsageError, match="deterministic"):
+            samplers.sample(fake_eps, x0, ts, ACP, sampler=name, eta=0.5, rng=np.random.default_rng(3))
+
+
+def test_generate_options_refuse_guidance_and_negative_prompt_for_few_step_samplers() -> None:
+    from types import SimpleNamespace
+
+    from t2vrt.runtime.options import GenerateOptions, validate
+
+    manifest = SimpleNamespace(model=SimpleNamespace(size_multiple=64), schedule=SimpleNamespace(num_train_timesteps=1000))
+    ok = GenerateOptions("a fox", "", 16, 256, 256, 4, 1.0, scheduler="t2v-turbo")
+    validate(ok, manifest)  # type: ignore[arg-type]
+    for bad, match in (
+        (dict(guidance_scale=7.5), "takes no guidance 7.5"),
+        (dict(negative_prompt="blurry"), "takes no negative prompt"),
+        (dict(num_inference_steps=9), "steps must be an integer in 1..8"),
+    ):
+        from dataclasses import replace
+
+        with pytest.raises(UsageError, match=match):
+            validate(replace(ok, **bad), manifest)  # type: ignore[arg-type]
