@@ -4,6 +4,8 @@ written by PEFT itself), and deltas applied by name on diffusers' model (the clo
 from __future__ import annotations
 
 import re
+
+import numpy as np
 from pathlib import Path
 
 import pytest
@@ -139,3 +141,56 @@ def test_tensor_list_with_guidance_embedding_lands_by_name(tmp_path: Path) -> No
     worst = max(float((mapped[k] - ref_sd[k]).abs().max()) for k in mapped)
     assert worst < 1e-6
     assert torch.allclose(updated["time_cond_proj.weight"], ref_sd["time_embedding.cond_proj.weight"], atol=1e-6)
+
+
+def t2v_turbo_w_embedding(w: torch.Tensor, embedding_dim: int = 256) -> torch.Tensor:
+    """T2V-Turbo's pipeline get_w_embedding, transcribed (float32, as they run it)."""
+    w = w * 1000.0
+    half_dim = embedding_dim // 2
+    emb = torch.log(torch.tensor(10000.0)) / (half_dim - 1)
+    emb = torch.exp(torch.arange(half_dim, dtype=torch.float32) * -emb)
+    emb = w.to(torch.float32)[:, None] * emb[None, :]
+    return torch.cat([torch.sin(emb), torch.cos(emb)], dim=1)
+
+
+def test_t2v_turbo_list_with_folded_guidance_matches_timestep_cond(tmp_path: Path) -> None:
+    """The T2V-Turbo path end to end on the tiny UNet: a tensor list with cond_proj merged onto the seeded base
+    matrix, the guidance embedding folded into linear_1's bias for w = 7.5, vs diffusers' UNet3DConditionModel
+    (time_cond_proj_dim=256) with the same deltas applied by name, run with timestep_cond = wemb(w)."""
+    from t2vrt.lora import merge_loras
+    from t2vrt.lora.guidance import base_cond_proj, fold_guidance, w_embedding
+    from t2vrt.lora.names import GUIDANCE_KEY
+
+    ours = tiny_unet(seed=3)
+    base = base_cond_proj(TINY.model_channels, seed=0)
+    ref = diffusers_unet({k: v.clone() for k, v in ours.state_dict().items()}, guidance=True)
+    with torch.no_grad():
+        ref.time_embedding.cond_proj.weight.copy_(base)
+    pairs = _list_pairs(ref, guidance=True, seed=4)
+    path = tmp_path / "unet_lora.pt"
+    torch.save([t for up_down in pairs.values() for t in up_down], path)
+
+    state = {**ours.state_dict(), GUIDANCE_KEY: base}
+    lora = read_lora(path, TINY, {k: tuple(v.shape) for k, v in state.items()})
+    updated, report = merge_loras(state, [(lora, 1.0)])
+    merged = {**state, **updated}
+    merged.update(fold_guidance(merged, 7.5))
+    del merged[GUIDANCE_KEY]
+    ours.load_state_dict(merged, strict=True)
+    collapse_by_name(ref, pairs)
+
+    w = torch.tensor([7.5, 7.5])
+    # Their fp32 arguments reach 7500 rad (fp32 spacing ~5e-4 there): the same embedding to that rounding. The fold
+    # uses the float64 values; diffusers gets those too, so the comparison below is of the folding itself.
+    assert np.abs(w_embedding(7.5) - t2v_turbo_w_embedding(w)[0].double().numpy()).max() < 1e-3
+    exact = torch.from_numpy(np.stack([w_embedding(7.5)] * 2)).float()
+    x = inputs(b=2, f=3)
+    with torch.no_grad():
+        got = ours(*x)
+        want = ref(*x, timestep_cond=exact).sample
+        other_w = ref(*x, timestep_cond=t2v_turbo_w_embedding(torch.tensor([3.0, 3.0]))).sample
+    err = rel_l2(got, want)
+    print(f"\nT2V-Turbo-style list + folded guidance (w 7.5) vs diffusers timestep_cond: rel L2 {err:.2e}, "
+          f"vs w 3: {rel_l2(got, other_w):.2e}")  # fmt: skip
+    assert report.modules == 574 and err < 1e-5
+    assert rel_l2(got, other_w) > 10 * err  # the folded w is the one that matters
