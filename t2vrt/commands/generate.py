@@ -23,8 +23,9 @@ from t2vrt.runtime.samplers import SAMPLERS
 @click.option("--frames", type=int, default=None, help="Frames (default: the bundle's).")
 @click.option("--height", type=int, default=None, help="Height in pixels, a multiple of 64.")
 @click.option("--width", type=int, default=None, help="Width in pixels, a multiple of 64.")
-@click.option("--steps", type=int, default=None, help="Denoising steps.")
-@click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale (>= 1).")
+@click.option("--steps", type=int, default=None,
+              help="Denoising steps (default: the bundle's; 1..T-1 for a schedule of T training steps: 1..999).")
+@click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale (1..1000).")
 @click.option("--eta", type=float, default=0.0, show_default=True, help="DDIM eta (0 = deterministic).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--scheduler", type=click.Choice(list(SAMPLERS)), default=None,

@@ -67,7 +67,10 @@ def bundle_facts(bundle: Path, calibrate: Request | None = None, target: store.T
 
 def request_from(facts: Facts, frames: int | None, height: int | None, width: int | None, dynamic: bool) -> Request:
     d = facts.defaults
-    return Request(frames or d.num_frames, height or d.height, width or d.width, dynamic)
+    def pick(given: int | None, default: int) -> int:
+        return default if given is None else given  # 0 is a value to refuse, not "unset"
+
+    return Request(pick(frames, d.num_frames), pick(height, d.height), pick(width, d.width), dynamic)
 
 
 def load_facts(source: str, calibrate: Request | None = None, target: store.Target | None = None) -> Facts:

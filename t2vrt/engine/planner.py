@@ -17,7 +17,7 @@ device_memory_size_v2, recorded in plan.json by `t2vrt build`) are used as they 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -243,6 +243,9 @@ def plan(io: Mapping[str, IOSpec], sizes: Sizes, req: Request, vram: int, downsc
     for name, value in (("height", req.height), ("width", req.width)):
         if value % multiple:
             raise UsageError(f"--{name} {value}: must be a multiple of {multiple}")
+    if vram < RESERVE + MIN_WORKSPACE:
+        raise UsageError(f"--vram {fmt(vram)} is below the {fmt(RESERVE)} reserved for the CUDA context and TensorRT "
+                         f"plus the {fmt(MIN_WORKSPACE)} minimum workspace: give at least {fmt(RESERVE + MIN_WORKSPACE)}")
     tried: list[str] = []
     for residency, g, stream in _ORDER:
         p = _fit(io, sizes, req, vram, residency, g, downscale, stream)
@@ -277,14 +280,27 @@ def _streamed_per_step(p: Plan) -> int:
 
 
 def _fits(io: Mapping[str, IOSpec], sizes: Sizes, req: Request, vram: int, downscale: int) -> bool:
-    return _fit(io, sizes, req, vram, "sequential", 1, downscale, True) is not None
+    """The cheapest arrangements: one engine at a time, guidance batch 1, with or without weight streaming (a UNet
+    smaller than MIN_STREAM_BUDGET is never streamed, so streaming alone would never fit it)."""
+    return any(_fit(io, sizes, req, vram, "sequential", 1, downscale, s) is not None for s in (False, True))
+
+
+def _least(fits: Callable[[int], bool], lo: int, hi: int) -> int | None:
+    """The least n in [lo, hi] with fits(n), for a monotone `fits`; None if even hi does not fit. O(log(hi - lo))."""
+    if lo > hi or not fits(hi):
+        return None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid + 1, hi)
+    return lo
 
 
 def _nothing_fits(io: Mapping[str, IOSpec], sizes: Sizes, req: Request, vram: int, downscale: int, multiple: int) -> str:
-    need = vram
-    while not _fits(io, sizes, req, need, downscale) and need < 1 << 44:
-        need += 256 * MiB
-    frames = next((f for f in range(req.frames - 1, 0, -1) if _fits(io, sizes, Request(f, req.height, req.width), vram, downscale)), 0)
+    # Bisection, not a walk: a request for a huge video answers at once instead of stepping 256 MiB at a time to 16 TiB.
+    steps = _least(lambda k: _fits(io, sizes, req, vram + k * 256 * MiB, downscale), 0, (1 << 44) // (256 * MiB))
+    need = vram + steps * 256 * MiB if steps is not None else 1 << 44
+    k = _least(lambda k: _fits(io, sizes, Request(req.frames - k, req.height, req.width), vram, downscale), 1, req.frames - 1)
+    frames = req.frames - k if k is not None else 0  # the most frames that fit at this size; 0: none
     size = None
     for k in range(1, 64):  # shrink both sides in steps of `multiple`, keeping roughly the aspect ratio
         h = max(multiple, (req.height * (64 - k) // 64) // multiple * multiple)
@@ -299,6 +315,6 @@ def _nothing_fits(io: Mapping[str, IOSpec], sizes: Sizes, req: Request, vram: in
         would.append(f"{req.frames} frames at {size[0]}x{size[1]}")
     return (
         f"{req.frames} frames at {req.width}x{req.height} does not fit in {fmt(vram)} of VRAM even with guidance batch 1, "
-        f"VAE chunk 1 and weight streaming (needs about {fmt(need)}); "
+        f"VAE chunk 1 and weight streaming (needs {'about ' + fmt(need) if steps is not None else 'more than 16 TiB'}); "
         + (f"what fits in {fmt(vram)}: {' or '.join(would)}" if would else f"nothing fits in {fmt(vram)}")
     )

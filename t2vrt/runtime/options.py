@@ -11,6 +11,9 @@ from t2vrt.errors import UsageError
 from t2vrt.manifest import Manifest
 from t2vrt.runtime import samplers
 
+# Past ~30 the video saturates; the bound keeps uncond + g * (cond - uncond) far from float32's 3.4e38 for any eps a
+# working UNet gives (t2vrt.safety.finite blames the guidance if it overflows anyway).
+MAX_GUIDANCE = 1000.0
 
 @dataclass(frozen=True)
 class GenerateOptions:
@@ -63,15 +66,9 @@ def validate(o: GenerateOptions, manifest: Manifest) -> None:
     for name, v, hi in (("frames", o.num_frames, 1024), ("steps", o.num_inference_steps, max_steps)):
         if not isinstance(v, int) or not 1 <= v <= hi:
             raise UsageError(f"{name} must be an integer in 1..{hi}, got {v}")
-    if not math.isfinite(o.guidance_scale) or o.guidance_scale < 1.0:
+    if not math.isfinite(o.guidance_scale) or not 1.0 <= o.guidance_scale <= MAX_GUIDANCE:
         raise UsageError(
-            f"guidance must be >= 1 (1 = no guidance; the model's default is 9), got {o.guidance_scale}"
-        )
-    if not sampler.guided and (o.guidance_scale != 1.0 or o.negative_prompt):
-        what = f"guidance {o.guidance_scale:g}" if o.guidance_scale != 1.0 else "negative prompt"
-        raise UsageError(
-            f"the {o.scheduler} sampler runs one unguided UNet pass per step (a few-step distillation): it takes no "
-            f"{what}; leave guidance at 1 and the negative prompt empty"
+            f"guidance must be in 1..{MAX_GUIDANCE:g} (1 = no guidance; the model's default is 9), got {o.guidance_scale}"
         )
     if not math.isfinite(o.eta) or not 0.0 <= o.eta <= 1.0:
         raise UsageError(f"eta must be in [0, 1] (0 = deterministic DDIM), got {o.eta}")

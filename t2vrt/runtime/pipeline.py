@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from t2vrt.errors import T2VError
 from t2vrt.manifest import Manifest, load_manifest
 from t2vrt.runtime import samplers, schedulers
 from t2vrt.runtime.backend import Backend, Runner
@@ -22,6 +21,7 @@ from t2vrt.runtime.denoiser import GuidedDenoiser
 from t2vrt.runtime.options import GenerateOptions, check_latents, resolve_options
 from t2vrt.runtime.tokenizer import Tokenizer
 from t2vrt.runtime.video import save_video, to_uint8
+from t2vrt.safety import finite
 
 StepCallback = Callable[[int, int], None]  # (steps done, total steps)
 
@@ -39,10 +39,9 @@ class Video:
         return save_video(self.frames, path, fps=fps or self.fps, overwrite=overwrite)
 
 
-def _finite(stage: str, arr: np.ndarray, where: str = "") -> np.ndarray:
-    if not np.isfinite(arr).all():
-        raise T2VError(f"{stage} produced NaN or inf{where}: the bundle or engine is numerically broken at this size")
-    return arr
+def _graph(runner: Runner, stage: str, inputs: dict[str, np.ndarray], output: str, at: str = "") -> np.ndarray:
+    """Run one graph; NaN/inf in its output is blamed on its input or on the graph (t2vrt.safety.finite)."""
+    return finite.check_graph_output(stage, runner.run(inputs)[output], inputs, at)
 
 
 class Pipeline:
@@ -122,7 +121,7 @@ class Pipeline:
         """(1, L, C) embeddings of the prompt and, when guided, of the negative prompt: one call, text batch 2."""
         texts = [prompt] if negative is None else [prompt, negative]
         with self._stage("text_encoder") as runner:
-            emb = _finite("text encoder", runner.run({"tokens": self.tokenizer.encode(texts)})["text_embeddings"])
+            emb = _graph(runner, "text encoder", {"tokens": self.tokenizer.encode(texts)}, "text_embeddings")
         return emb[:1], (emb[1:2] if negative is not None else None)
 
     def denoise(
@@ -138,7 +137,10 @@ class Pipeline:
         timesteps = sampler.timesteps(self.num_train_timesteps, o.num_inference_steps)
         n = len(timesteps)
 
+        last: list[np.ndarray] = []  # (x, eps) of the step in progress, to blame a non-finite step on its cause
+
         def on_step(i: int, t: int, lat: np.ndarray) -> None:
+            finite.check_step(last[0], last[1], lat, t)
             if callback is not None:
                 callback(i + 1, n)
 
@@ -146,12 +148,17 @@ class Pipeline:
 
             def call(lat: np.ndarray, t: float, emb: np.ndarray) -> np.ndarray:
                 ts = np.full((lat.shape[0],), t, np.float32)
-                return unet.run({"latents": lat, "timestep": ts, "text_embeddings": emb})["eps"]
+                return _graph(unet, "UNet", {"latents": lat, "timestep": ts, "text_embeddings": emb}, "eps", f" at t={t:g}")
 
             guided = GuidedDenoiser(call, cond, uncond, o.guidance_scale, o.guidance_batch)
 
             def eps(lat: np.ndarray, t: int) -> np.ndarray:
-                return _finite("UNet", guided(lat, float(t)), f" at t={t}")
+                with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, not warned about
+                    e = guided(lat, float(t))
+                if not finite.finite(e):  # the UNet's own outputs were finite (checked in call): the guidance sum
+                    raise finite.guidance_overflow(o.guidance_scale, f" at t={t}")
+                last[:] = [lat, e]
+                return e
 
             x = samplers.sample(eps, x, timesteps, self.alphas_cumprod, sampler=o.scheduler, eta=o.eta, rng=rng,
                                 callback=on_step)  # fmt: skip
@@ -163,7 +170,7 @@ class Pipeline:
         n = chunk or z.shape[0]
         with self._stage("vae_decoder") as vae:
             images = [vae.run({"latents": z[i : i + n]})["images"] for i in range(0, z.shape[0], n)]
-        return to_uint8(_finite("VAE decoder", np.concatenate(images)))  # (f, H, W, 3)
+        return to_uint8(finite.check_graph_output("VAE decoder", np.concatenate(images), {"latents": z}))  # (f, H, W, 3)
 
 
 class _Stage:

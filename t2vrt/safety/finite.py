@@ -47,9 +47,13 @@ def guidance_sum(cond: np.ndarray, uncond: np.ndarray, scale: float, at: str = "
         out: np.ndarray = uncond + np.float32(scale) * (cond - uncond)
     if finite(out):
         return out
-    diff = np.abs(cond - uncond)
-    raise UsageError(f"guidance {scale:g} overflows float32 in uncond + guidance * (cond - uncond){at} "
-                     f"(largest |cond - uncond| {_peak(diff)}); use a smaller --guidance")  # fmt: skip
+    raise guidance_overflow(scale, at)
+
+
+def guidance_overflow(scale: float, at: str = "") -> UsageError:
+    """The guided eps went non-finite while the UNet's cond and uncond outputs were finite: the user's scale did it."""
+    return UsageError(f"guidance {scale:g} overflows float32 in uncond + guidance * (cond - uncond){at}; "
+                      f"use a smaller --guidance")  # fmt: skip
 
 
 def check_step(x_before: np.ndarray, eps: np.ndarray, x_after: np.ndarray, t: int) -> np.ndarray:
