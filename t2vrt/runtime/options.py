@@ -15,6 +15,7 @@ from t2vrt.runtime import samplers
 # working UNet gives (t2vrt.safety.finite blames the guidance if it overflows anyway).
 MAX_GUIDANCE = 1000.0
 
+
 @dataclass(frozen=True)
 class GenerateOptions:
     prompt: str
@@ -69,6 +70,12 @@ def validate(o: GenerateOptions, manifest: Manifest) -> None:
     if not math.isfinite(o.guidance_scale) or not 1.0 <= o.guidance_scale <= MAX_GUIDANCE:
         raise UsageError(
             f"guidance must be in 1..{MAX_GUIDANCE:g} (1 = no guidance; the model's default is 9), got {o.guidance_scale}"
+        )
+    if not sampler.guided and (o.guidance_scale != 1.0 or o.negative_prompt):
+        what = f"guidance {o.guidance_scale:g}" if o.guidance_scale != 1.0 else "negative prompt"
+        raise UsageError(
+            f"the {o.scheduler} sampler runs one unguided UNet pass per step (a few-step distillation): it takes no "
+            f"{what}; leave guidance at 1 and the negative prompt empty"
         )
     if not math.isfinite(o.eta) or not 0.0 <= o.eta <= 1.0:
         raise UsageError(f"eta must be in [0, 1] (0 = deterministic DDIM), got {o.eta}")

@@ -13,7 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from t2vrt.errors import UsageError
-from t2vrt.runtime import schedulers
+from t2vrt.runtime import consistency, schedulers
 
 EpsModel = Callable[[np.ndarray, int], np.ndarray]  # (x, t) -> eps: guidance and the backend live inside
 
@@ -58,6 +58,21 @@ def _dpmpp_2m_loop(eps, x, timesteps, alphas_cumprod, *, eta, rng, callback):  #
     return x
 
 
+def _consistency_loop(name: str) -> Loop:
+    """A consistency sampler (t2vrt.runtime.consistency): one unguided UNet pass per step, noise between steps from
+    `rng`; returns the last denoised estimate (what the video is decoded from). `callback` sees each estimate."""
+
+    def loop(eps, x, timesteps, alphas_cumprod, *, eta, rng, callback):  # type: ignore[no-untyped-def]
+        if rng is None and len(timesteps) > 1:
+            raise ValueError(f"the {name} sampler needs a numpy Generator (rng) for the noise between steps")
+        s = consistency.consistency_sampler(name)
+        return consistency.consistency_sample(
+            eps, x, timesteps, alphas_cumprod, timestep_scaling=s.timestep_scaling, rng=rng, callback=callback
+        )
+
+    return loop
+
+
 @dataclass(frozen=True)
 class SamplerDef:
     name: str
@@ -66,6 +81,7 @@ class SamplerDef:
     loop: Loop
     stochastic: bool = False  # takes eta > 0 (and then draws noise per step)
     max_steps: int | None = None  # None: as many as the schedule allows
+    guided: bool = True  # False: a distilled few-step sampler, one unguided pass per step (no CFG, no negative prompt)
 
     def steps_range(self, num_train_timesteps: int) -> tuple[int, int]:
         """At most T - 1 steps of T training timesteps: DDIM's offset 1 puts a T-th step at t = T (past the end) and
@@ -83,6 +99,13 @@ SAMPLERS: dict[str, SamplerDef] = {
         SamplerDef(
             "dpm++", "DPM-Solver++(2M): as good in fewer steps (20-25)",
             schedulers.dpmpp_2m_timesteps, _dpmpp_2m_loop,
+        ),
+        *(
+            SamplerDef(
+                c.name, f"consistency sampler, {c.description}: 1-8 steps, for few-step LoRAs (T2V-Turbo, MCM)",
+                c.timesteps, _consistency_loop(c.name), max_steps=consistency.MAX_STEPS, guided=False,
+            )
+            for c in consistency.CONSISTENCY_SAMPLERS.values()
         ),
     )
 }  # fmt: skip
