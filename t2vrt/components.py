@@ -22,7 +22,7 @@ from typing import Any
 
 from t2vrt.config import ModelConfig
 from t2vrt.engine import analytic
-from t2vrt.iospec import IOSpec, text_encoder_spec, unet_spec, vae_decoder_spec
+from t2vrt.iospec import IOSpec, text_encoder_spec, unet_spec, vae_decoder_spec, vae_encoder_spec
 
 
 def resolve_ref(ref: str) -> Any:
@@ -135,6 +135,26 @@ COMPONENTS: dict[str, ComponentDef] = {
             trace_dims={"vae_batch": 2, "latent_height": 4, "latent_width": 6},
             check_dims={"vae_batch": 3, "latent_height": 12, "latent_width": 8},
             tiny_seed=3,
+        ),
+        ComponentDef(
+            name="vae_encoder",
+            doc="images (one frame each) -> posterior moments (mean | logvar), for video-to-video",
+            io=lambda m: vae_encoder_spec(m.vae.out_ch, m.vae.downscale, m.vae.embed_dim),
+            config=lambda m: m.vae,
+            module="t2vrt.models.vae_encoder:VAEEncoderMoments",
+            keys=KeyMaps(
+                "vae", original="t2vrt.models.vae_encoder_keys:lightning_to_ours",
+                diffusers="t2vrt.models.vae_encoder_keys:diffusers_to_original",
+            ),
+            planner=PlannerEntry(
+                params=lambda m: analytic.vae_encoder(m.vae, 1, 1, 1)[0],
+                activations=lambda m, d: analytic.vae_encoder(m.vae, d["vae_batch"], d["latent_height"], d["latent_width"])[1],
+                fp16_graph_factor=1.33,
+            ),
+            trace_dims={"vae_batch": 2, "latent_height": 4, "latent_width": 6},
+            check_dims={"vae_batch": 3, "latent_height": 5, "latent_width": 4},
+            required=False,  # bundles exported before video-to-video work for text-to-video without it
+            tiny_seed=4,
         ),
     )
 }

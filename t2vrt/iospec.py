@@ -25,7 +25,7 @@ SYMBOLS: dict[str, str] = {
     "frames": "frames per video",
     "latent_height": "image height / 8",
     "latent_width": "image width / 8",
-    "vae_batch": "frames decoded in one VAE call",
+    "vae_batch": "frames in one VAE call (decoder, or encoder for video-to-video)",
 }
 
 
@@ -183,3 +183,14 @@ def vae_decoder_spec(z_channels: int, downscale: int, out_channels: int = 3) -> 
         ),
     )
 
+
+def vae_encoder_spec(in_channels: int, downscale: int, embed_dim: int) -> IOSpec:
+    """images (one frame each) -> the posterior's moments: channels [0, embed_dim) the mean, the rest the logvar."""
+    return IOSpec(
+        inputs=(
+            TensorSpec(
+                "images", ("vae_batch", in_channels, f"latent_height*{downscale}", f"latent_width*{downscale}"), "float32"
+            ),
+        ),
+        outputs=(TensorSpec("moments", ("vae_batch", 2 * embed_dim, "latent_height", "latent_width"), "float32"),),
+    )

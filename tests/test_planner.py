@@ -123,7 +123,7 @@ def test_plan_on_an_exported_bundle_is_calibrated_by_onnx_liveness(tiny_bundle) 
     req = request_from(facts, None, None, None, False)
     facts = bundle_facts(tiny_bundle, calibrate=req)
     print(f"\ntiny bundle: liveness / analytic per engine {facts.sizes.calibration}")
-    assert facts.sizes.source == "onnx" and set(facts.sizes.calibration) == {"text_encoder", "unet", "vae_decoder"}
+    assert facts.sizes.source == "onnx" and set(facts.sizes.calibration) == {"text_encoder", "unet", "vae_decoder", "vae_encoder"}
     from t2vrt.engine.sizes import FP16_GRAPH_FACTOR
 
     for name, factor in FP16_GRAPH_FACTOR.items():  # the constants the preset (no export) plans use still hold

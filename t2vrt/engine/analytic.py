@@ -180,3 +180,42 @@ def vae_decoder(cfg: VAEConfig, images: int, lh: int, lw: int) -> tuple[int, int
     w.params += 2 * ch + _conv(ch, cfg.out_ch, 9)
     w.op(ch * pos[-1], ch * pos[-1], ch * pos[-1])
     return w.params, w.peak
+
+
+def vae_encoder(cfg: VAEConfig, images: int, lh: int, lw: int) -> tuple[int, int]:
+    """(parameters, peak activation elements) of the KL-f8 encoder + quant_conv on `images` frames of lh*f x lw*f."""
+    ch0, mult, nres = cfg.ch, list(cfg.ch_mult), cfg.num_res_blocks
+    z, emb = cfg.z_channels, cfg.embed_dim
+    w = _Walk()
+
+    def res(cin: int, cout: int, n_pos: int) -> None:
+        w.params += 2 * cin + _conv(cin, cout, 9) + 2 * cout + _conv(cout, cout, 9)
+        w.params += _conv(cin, cout, 1) if cin != cout else 0
+        i, o = cin * n_pos, cout * n_pos
+        w.op(i, i, o)
+        w.op(i, o, o)
+        w.op(i, o, o)
+        w.op(o, o, o)
+
+    levels = len(mult)
+    pos = [images * (lh * 2**k) * (lw * 2**k) for k in reversed(range(levels))]  # pos[i]: at level i (0 = full)
+    ch = ch0
+    w.params += _conv(cfg.out_ch, ch, 9)
+    w.op(cfg.out_ch * pos[0], ch * pos[0])
+    for i in range(levels):
+        out = ch0 * mult[i]
+        for _ in range(nres):
+            res(ch, out, pos[i])
+            ch = out
+        if i + 1 < levels:
+            w.params += _conv(ch, ch, 9)
+            w.op(ch * pos[i], ch * pos[i], ch * pos[i + 1])  # zero pad (bottom/right), stride-2 conv
+    p = pos[-1]
+    res(ch, ch, p)
+    w.params += 2 * ch + 4 * _conv(ch, ch, 1)  # mid attention: norm, q, k, v, proj_out
+    w.op(ch * p, ch * p, 3 * ch * p, ch * p)
+    res(ch, ch, p)
+    w.params += 2 * ch + _conv(ch, 2 * z, 9) + _conv(2 * z, 2 * emb, 1)
+    w.op(ch * p, ch * p, 2 * z * p)
+    w.op(2 * z * p, 2 * emb * p, 2 * emb * p)  # quant_conv, then the mean / logvar halves
+    return w.params, w.peak

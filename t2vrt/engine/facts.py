@@ -58,6 +58,8 @@ def bundle_facts(bundle: Path, calibrate: Request | None = None, target: store.T
             "unet": {"batch": 2, "frames": calibrate.frames, "latent_height": lh, "latent_width": lw},
             "vae_decoder": {"vae_batch": min(calibrate.frames, MAX_VAE_CHUNK), "latent_height": lh, "latent_width": lw},
         }
+        if "vae_encoder" in m.components:  # optional: bundles exported before video-to-video lack it
+            at["vae_encoder"] = dict(at["vae_decoder"])
     sizes = bundle_sizes(m, at)
     if target is not None:
         sizes = replace(sizes, measured=store.measured_memory(bundle, target))

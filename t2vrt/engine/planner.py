@@ -178,7 +178,7 @@ def _dims(component: str, req: Request, g: int, chunk: int, downscale: int) -> t
     lh, lw = req.height // downscale, req.width // downscale
     if component == "text_encoder":
         return {"text_batch": 1}, {"text_batch": 2}, {"text_batch": 2}
-    if component == "vae_decoder":
+    if component in ("vae_decoder", "vae_encoder"):  # frames as a batch of images, chunked alike
         lo = {"vae_batch": 1, "latent_height": min(8, lh) if req.dynamic else lh, "latent_width": min(8, lw) if req.dynamic else lw}
         hi = {"vae_batch": chunk, "latent_height": lh, "latent_width": lw}
         return lo, hi, hi

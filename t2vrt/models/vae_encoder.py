@@ -82,3 +82,11 @@ class VAEEncoder(nn.Module):
         moments = self.quant_conv(self.encoder(images))  # (n, 2 * embed_dim, h, w)
         mean, logvar = torch.chunk(moments, 2, dim=1)
         return mean, torch.clamp(logvar, *LOGVAR_RANGE)
+
+
+class VAEEncoderMoments(VAEEncoder):
+    """The engine's form (same weights and names): one output, mean and clamped logvar on the channel axis."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        mean, logvar = super().forward(images)
+        return torch.cat([mean, logvar], dim=1)  # (n, 2 * embed_dim, h, w)
