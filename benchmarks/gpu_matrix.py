@@ -3,7 +3,9 @@ PyTorch fp16 eager (SDPA), each cell a `t2vrt bench` record; then one summary ta
 
 Needs an NVIDIA GPU, TensorRT, onnxruntime-gpu, and a bundle exported with fp16 from the real checkpoint (the torch
 baseline loads that checkpoint). For each shape: `t2vrt build --vram B` then `t2vrt bench --backend tensorrt` per
-budget (the torch baseline alternating with the first, the largest), and one `t2vrt bench --backend onnxruntime-cuda`.
+budget, one `t2vrt bench --backend onnxruntime-cuda`, and the PyTorch baseline in its own process (`t2vrt bench
+--backend onnxruntime-cuda --baseline torch`), so a torch crash or its CUDA context never touches the TensorRT cells. A failing cell
+is recorded with its real cause (the last line the command printed) and the run goes on.
 Usage: python benchmarks/gpu_matrix.py BUNDLE [--budgets 24GiB,12GiB,8GiB,6GiB] [--steps 25] [--repeat 3]
 """
 
@@ -21,10 +23,18 @@ from t2vrt.benchmark import report
 SHAPES = ((16, 256, 256), (24, 320, 576))  # (frames, height, width): ms-1.7b's default, zeroscope-576w's
 
 
+class CellFailed(Exception):
+    """A t2vrt command failed: the message is its own last line (its real cause), not a guess."""
+
+
 def t2vrt(*args: str) -> None:
     cmd = [sys.executable, "-m", "t2vrt.cli", *args]
     print("$ t2vrt " + " ".join(args), file=sys.stderr, flush=True)
-    subprocess.run(cmd, check=True)
+    r = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
+    sys.stderr.write(r.stderr)
+    if r.returncode:
+        lines = [ln.strip() for ln in r.stderr.splitlines() if ln.strip()]
+        raise CellFailed(f"exit {r.returncode}: {lines[-1] if lines else 'no message'}")
 
 
 def newest(out: Path, pattern: str, since: float) -> Path:
@@ -44,6 +54,42 @@ def cell(record: dict, name: str) -> dict:
             "planner_predicted_bytes": pred}  # fmt: skip
 
 
+def run_cell(shape: list[int], contender: str, vram: str | None, steps: list[list[str]], out: Path, pattern: str,
+             picks: tuple[str, ...] = ("ours",)) -> list[dict]:  # fmt: skip
+    """One cell: its commands in order, then one row per contender of its record ("ours", "baseline"); any failure
+    becomes the row's `error` (its cause), never the end of the run."""
+    t0 = time.time()
+    try:
+        for argv in steps:
+            t2vrt(*argv)
+        rec = json.loads(newest(out, pattern, t0).read_text())
+        rows = []
+        for pick in picks:
+            name = rec[pick]
+            rows.append({"shape": shape, "contender": contender if pick == "ours" else name, "vram": vram if pick == "ours" else None,
+                         **cell(rec, name), "plan": rec["contenders"][name].get("selection")})  # fmt: skip
+        return rows
+    except (CellFailed, SystemExit, OSError, KeyError, ValueError) as e:
+        cause = str(e) if isinstance(e, CellFailed) else f"{type(e).__name__}: {e}"
+        return [{"shape": shape, "contender": contender, "vram": vram, "error": cause}]
+
+
+def run_matrix(bundle: Path, budgets: list[str], common: list[str], out: Path) -> list[dict]:
+    rows: list[dict] = []
+    for frames, height, width in SHAPES:
+        shape = [frames, height, width]
+        size = ["--frames", str(frames), "--height", str(height), "--width", str(width)]
+        for vram in budgets:
+            rows += run_cell(shape, "tensorrt", vram, [
+                ["build", str(bundle), "--vram", vram, *size],
+                ["bench", str(bundle), "--backend", "tensorrt", "--baseline", "none", *size, *common],
+            ], out, "bench-*-tensorrt-*.json")  # fmt: skip
+        # ONNX Runtime CUDA and the torch baseline (alternating) in their own process, apart from the TensorRT cells
+        ort_torch = [["bench", str(bundle), "--backend", "onnxruntime-cuda", "--baseline", "torch", *size, *common]]
+        rows += run_cell(shape, "onnxruntime-cuda", None, ort_torch, out, "bench-*-onnxruntime-cuda-*.json", ("ours", "baseline"))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundle", type=Path)
@@ -55,27 +101,7 @@ def main() -> None:
     args = ap.parse_args()
     budgets = args.budgets.split(",")
     common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--repeat", str(args.repeat), "--out", str(args.out)]
-    rows: list[dict] = []
-    for frames, height, width in SHAPES:
-        size = ["--frames", str(frames), "--height", str(height), "--width", str(width)]
-        for i, vram in enumerate(budgets):
-            t0 = time.time()
-            try:
-                t2vrt("build", str(args.bundle), "--vram", vram, *size)
-            except subprocess.CalledProcessError:
-                rows.append({"shape": [frames, height, width], "contender": "tensorrt", "vram": vram, "error": "does not fit"})
-                continue
-            t2vrt("bench", str(args.bundle), "--backend", "tensorrt", "--baseline", "torch" if i == 0 else "none", *size, *common)
-            rec = json.loads(newest(args.out, "bench-*-tensorrt-*.json", t0).read_text())
-            rows.append({"shape": [frames, height, width], "contender": "tensorrt", "vram": vram, **cell(rec, rec["ours"]),
-                         "plan": rec["contenders"][rec["ours"]].get("selection")})
-            if i == 0 and "baseline" in rec:
-                rows.append({"shape": [frames, height, width], "contender": rec["baseline"], "vram": None,
-                             **cell(rec, rec["baseline"])})
-        t0 = time.time()
-        t2vrt("bench", str(args.bundle), "--backend", "onnxruntime-cuda", "--baseline", "none", *size, *common)
-        rec = json.loads(newest(args.out, "bench-*-onnxruntime-cuda-*.json", t0).read_text())
-        rows.append({"shape": [frames, height, width], "contender": "onnxruntime-cuda", "vram": None, **cell(rec, rec["ours"])})
+    rows = run_matrix(args.bundle, budgets, common, args.out)
 
     stamp = report.stamp().replace(":", "").replace("-", "")
     record = {"benchmark": "gpu_matrix", "date": report.stamp(), "machine": report.machine_info(),

@@ -1,7 +1,8 @@
 """Timing: clocks (host, or CUDA events when the work runs on a GPU), summary statistics, and the alternating
 schedule that runs the contenders round by round in one process, so slow phases of a noisy machine hit all of them.
 
-Torch-free: the CUDA event clock for t2vrt's backends uses cuda-python; the baseline brings its own torch clock.
+Torch-free: the CUDA event clock for t2vrt's backends uses the one CUDA helper (t2vrt.runtime.cuda:
+cuda.bindings.runtime; `cuda.cudart` is gone in cuda-bindings 13); the baseline brings its own torch clock.
 """
 
 from __future__ import annotations
@@ -43,26 +44,26 @@ class CudartClock:
     name = "CUDA events (cuda-python)"
 
     def __init__(self) -> None:
-        from cuda import cudart  # type: ignore[import-not-found]
+        from t2vrt.runtime import cuda
 
-        self._rt = cudart
+        rt = cuda.bindings()
+        if rt is None:
+            raise ImportError(cuda.missing() or "cuda-python is not installed")
+        self._rt, self._cuda = rt, cuda
         self._events: list[object] = []
 
-    def _check(self, result: tuple) -> object:
-        err, *rest = result
-        if int(err) != 0:
-            raise RuntimeError(f"CUDA runtime error {err}")
-        return rest[0] if rest else None
+    def _check(self, result: tuple, what: str) -> object:
+        return self._cuda.check(self._rt, result, what)
 
     def mark(self) -> object:
-        ev = self._check(self._rt.cudaEventCreate())
-        self._check(self._rt.cudaEventRecord(ev, 0))
+        ev = self._check(self._rt.cudaEventCreate(), "cudaEventCreate")
+        self._check(self._rt.cudaEventRecord(ev, 0), "cudaEventRecord")
         self._events.append(ev)
         return ev
 
     def elapsed(self, a: object, b: object) -> float:
-        self._check(self._rt.cudaEventSynchronize(b))
-        return float(self._check(self._rt.cudaEventElapsedTime(a, b))) / 1e3  # type: ignore[arg-type]
+        self._check(self._rt.cudaEventSynchronize(b), "cudaEventSynchronize")
+        return float(self._check(self._rt.cudaEventElapsedTime(a, b), "cudaEventElapsedTime")) / 1e3  # type: ignore[arg-type]
 
     def reset(self) -> None:
         """Destroy the events of a finished repetition."""
@@ -72,12 +73,14 @@ class CudartClock:
 
 
 def device_clock(on_gpu: bool) -> Clock:
-    """CUDA events when the work runs on a GPU and cuda-python is importable, else the host clock."""
+    """CUDA events when the work runs on a GPU and cuda-python is importable, else the host clock (and says why)."""
     if on_gpu:
         try:
             return CudartClock()
-        except ImportError:
-            pass
+        except ImportError as e:
+            import logging
+
+            logging.getLogger(__name__).warning("timing GPU work with the host clock: %s", e)
     return HostClock()
 
 

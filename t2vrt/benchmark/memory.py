@@ -1,5 +1,6 @@
 """Peak memory while a benchmark runs: host RSS sampled by a thread (psutil), device memory through NVML
-(nvidia-ml-py) or, without it, cudaMemGetInfo (cuda-python). Torch-free; every device path is optional."""
+(nvidia-ml-py, the NVML device matched to the CUDA device by PCI bus id: NVML numbers devices its own way and ignores
+CUDA_VISIBLE_DEVICES) or, without it, cudaMemGetInfo through the one CUDA helper. Torch-free; every path optional."""
 
 from __future__ import annotations
 
@@ -16,28 +17,23 @@ def rss_bytes() -> int:
 
 
 def _nvml_used(index: int) -> Callable[[], int] | None:
-    try:
-        import pynvml  # type: ignore[import-not-found]
+    from t2vrt.runtime import cuda
 
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        return lambda: int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
-    except Exception:  # no library, no driver, no device: NVML raises its own error types
+    gpu = cuda.probe(index)
+    if isinstance(gpu, str) or not gpu.pci_bus_id:
         return None
+    return cuda.nvml_used_probe(gpu.pci_bus_id)
 
 
 def _cudart_used() -> Callable[[], int] | None:
-    try:
-        from cuda import cudart  # type: ignore[import-not-found]
+    from t2vrt.runtime import cuda
 
-        err, free, total = cudart.cudaMemGetInfo()
-        if int(err) != 0:
-            return None
-    except Exception:
+    rt = cuda.bindings()
+    if rt is None or int(rt.cudaMemGetInfo()[0]) != 0:
         return None
 
     def used() -> int:
-        _, free, total = cudart.cudaMemGetInfo()
+        _, free, total = rt.cudaMemGetInfo()
         return int(total) - int(free)
 
     return used

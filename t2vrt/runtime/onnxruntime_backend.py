@@ -1,4 +1,11 @@
-"""ONNX Runtime backend: CPU anywhere (fp32 bundle), CUDA where onnxruntime-gpu is installed (fp16 bundle)."""
+"""ONNX Runtime backend: CPU anywhere (fp32 bundle), CUDA where onnxruntime-gpu is installed (fp16 bundle).
+
+On CUDA: the CUDA/cuDNN libraries are preloaded without torch (`onnxruntime.preload_dlls()`, onnxruntime-gpu >= 1.21);
+every session's `get_providers()` is checked, because a CUDA provider that fails to load falls back to the CPU with
+only a warning (microsoft/onnxruntime#21825); the BFC arena gets a `gpu_mem_limit` and grows by what is asked
+(`kSameAsRequested`, not powers of two); and when the card cannot hold the three sessions (the planner's residency
+for the card's free memory) each is freed after its stage, as the TensorRT backend does.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +30,8 @@ def cpu_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def make_session(path: Path, device: str = "cpu", threads: int | None = None, prepack: bool = True):
+def make_session(path: Path, device: str = "cpu", threads: int | None = None, prepack: bool = True,
+                 gpu_mem_limit: int | None = None):  # fmt: skip
     """One session for one graph file, with the options the benchmarks chose (all graph optimisations, one
     thread per physical core, no spinning, sequential execution: the graphs are chains, so parallel branches buy
     nothing). prepack=False skips ORT's pre-packed weight copies: slower, but a one-off check (the export's parity
@@ -41,13 +49,53 @@ def make_session(path: Path, device: str = "cpu", threads: int | None = None, pr
     if not prepack:
         opts.add_session_config_entry("session.disable_prepacking", "1")
     if device == "cuda":
-        providers: list = [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}), "CPUExecutionProvider"]
+        cuda_opts = {"cudnn_conv_algo_search": "HEURISTIC", "arena_extend_strategy": "kSameAsRequested"}
+        if gpu_mem_limit:
+            cuda_opts["gpu_mem_limit"] = str(int(gpu_mem_limit))
+        providers: list = [("CUDAExecutionProvider", cuda_opts), "CPUExecutionProvider"]
     else:
         providers = ["CPUExecutionProvider"]
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
     except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, NoSuchFile...)
         raise T2VError(f"cannot load {path}: {str(e).splitlines()[0][:300]}") from None
+    if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
+        raise T2VError(
+            f"ONNX Runtime's CUDA provider did not load for {path} and it fell back to the CPU (providers "
+            f"{session.get_providers()}): install the CUDA 12 and cuDNN 9 libraries onnxruntime-gpu needs "
+            "(pip install 'onnxruntime-gpu[cuda,cudnn]'), or choose --backend onnxruntime-cpu"
+        )
+    return session
+
+
+def preload_cuda_libraries() -> None:
+    """Load the CUDA/cuDNN libraries onnxruntime-gpu needs from its pip extras or the system, without torch."""
+    import onnxruntime as ort
+
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime >= 1.21
+    if preload is not None:
+        try:
+            preload()
+        except Exception:  # noqa: BLE001 - a missing library shows as the CPU fallback make_session reports
+            pass
+
+
+def cuda_memory_plan(manifest: Manifest, precision: str) -> tuple[int | None, bool]:
+    """(gpu_mem_limit, one session at a time) from the card's free memory and the planner's choice for it."""
+    from t2vrt.runtime import cuda
+
+    gpu = cuda.probe()
+    if isinstance(gpu, str):
+        return None, False
+    try:
+        from t2vrt.engine.facts import bundle_facts, make_plan, request_from
+
+        facts = bundle_facts(manifest.bundle)
+        plan = make_plan(facts, request_from(facts, None, None, None, False), gpu.free_bytes)
+        sequential = plan.residency != "resident"
+    except T2VError:  # nothing fits even one at a time: try anyway, one at a time
+        sequential = True
+    return gpu.free_bytes, sequential
 
 
 def cuda_available() -> bool:
@@ -91,6 +139,11 @@ class OnnxRuntimeBackend:
         self.threads = threads
         self.name = f"onnxruntime-{device}"
         self._runners: dict[str, OrtRunner] = {}
+        self.gpu_mem_limit: int | None = None
+        self.one_at_a_time = False
+        if device == "cuda":
+            preload_cuda_libraries()
+            self.gpu_mem_limit, self.one_at_a_time = cuda_memory_plan(manifest, self.precision)
 
     def open(self, component: str) -> OrtRunner:
         if component not in self._runners:
@@ -99,11 +152,15 @@ class OnnxRuntimeBackend:
             for p in (f.path, f.data):
                 if p is not None and not p.is_file():
                     raise UsageError(f"bundle file {p} is missing: re-export the bundle")
-            self._runners[component] = OrtRunner(component, c.io, make_session(f.path, self.device, self.threads))
+            session = make_session(f.path, self.device, self.threads, gpu_mem_limit=self.gpu_mem_limit)
+            self._runners[component] = OrtRunner(component, c.io, session)
         return self._runners[component]
 
     def release(self, component: str) -> None:
-        """ORT sessions stay resident: CPU RAM is not the constraint the TensorRT planner manages."""
+        """On the CPU sessions stay resident (RAM is not the constraint); on a card too small for all three, the
+        stage's session (and its arena) is freed."""
+        if self.one_at_a_time:
+            self._runners.pop(component, None)
 
     def hints(self) -> Hints:
         return Hints()

@@ -10,18 +10,11 @@ import numpy as np
 import pytest
 
 from t2vrt.engine.build import tensorrt_missing
-from t2vrt.engine.device import cudart, detect_gpu
+from t2vrt.engine.device import gpu_problem
 
 
 def _why_not() -> str | None:
-    missing = tensorrt_missing()
-    if missing:
-        return missing
-    if cudart() is None:
-        return "cuda-python is not installed (pip install 't2vrt[gpu]')"
-    if detect_gpu() is None:
-        return "no NVIDIA GPU visible to cuda-python"
-    return None
+    return tensorrt_missing() or gpu_problem()  # gpu_problem names the real CUDA error (driver, device, package)
 
 
 REASON = _why_not()
@@ -114,19 +107,18 @@ def test_measured_memory_matches_the_plan(built) -> None:
 
 
 def test_cuda_memory_used_stays_within_the_plan(built) -> None:
-    from t2vrt.engine.device import check
+    from t2vrt.runtime import cuda
     from t2vrt.runtime.tensorrt_backend import TensorRTBackend
 
     bundle, plan, _ = built
-    rt = cudart()
-    free0, _ = check(rt.cudaMemGetInfo())
+    free0 = cuda.free_bytes()
     backend = TensorRTBackend(bundle)
     try:
         for name in ("text_encoder", "unet", "vae_decoder"):
             backend.open(name)
-        free1, _ = check(rt.cudaMemGetInfo())
+        free1 = cuda.free_bytes()
     finally:
         backend.close()
     used = free0 - free1
-    print(f"\nopening all engines used {used >> 20} MiB; plan peak {plan.peak >> 20} MiB + reserve")
-    assert used <= plan.peak + (384 << 20)
+    print(f"\nopening all engines used {used >> 20} MiB; plan peak {plan.peak >> 20} MiB")
+    assert used <= plan.peak  # cudaMemGetInfo's free already excluded this process's CUDA context
