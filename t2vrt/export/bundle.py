@@ -11,7 +11,6 @@ import gc
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +25,7 @@ from t2vrt.errors import UsageError
 from t2vrt.export import gates
 from t2vrt.export.numerics import sample_inputs
 from t2vrt.export.onnx_io import trace_to_onnx
+from t2vrt.export.owner import legacy_bundle
 from t2vrt.export.plan import ExportOptions, ExportPlan, make_plan, read_previous, sha256_file
 from t2vrt.manifest import (
     MANIFEST_NAME,
@@ -36,6 +36,8 @@ from t2vrt.manifest import (
     TokenizerInfo,
     write_json_atomic,
 )
+from t2vrt.safety.atomic import StagedDir
+from t2vrt.safety.paths import confine
 from t2vrt.runtime import schedulers  # the runtime's schedule math: the manifest's betas are what it samples with
 
 if TYPE_CHECKING:
@@ -65,21 +67,22 @@ class EngineIO(nn.Module):
         return self.module(*cast).float()
 
 
-def _check_out(out: Path) -> None:
-    """--out is a bundle (to be replaced), an empty directory, or a path whose parent can be created and written."""
-    if out.exists():
-        if out.is_dir() and ((out / MANIFEST_NAME).is_file() or not any(out.iterdir())):
-            return
-        raise UsageError(f"--out {str(out)!r} exists and is not a t2vrt bundle; choose another path or remove it")
+def _check_out(out: Path) -> StagedDir:
+    """--out is a bundle t2vrt wrote (to be replaced: files a user added are kept), an empty directory, or a new path
+    whose parent can be created and written. Leftovers of interrupted exports to it are cleaned first."""
+    staged = StagedDir(out, "bundle", legacy_bundle, flag="--out")
+    staged.prepare()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"--out {str(out)!r}: cannot create its parent directory ({e.strerror})") from None
     if not os.access(out.parent, os.W_OK):
         raise UsageError(f"--out {str(out)!r}: directory {str(out.parent)!r} is not writable")
+    return staged
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
+    """Reuse a previous bundle's graph file; both paths come from a manifest, so both are confined by the caller."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(src, dst)
@@ -95,36 +98,29 @@ def export_bundle(opts: ExportOptions, progress: Progress = lambda s: None) -> P
 
     opts.validate()
     out = Path(opts.out)
-    _check_out(out)
+    staged = _check_out(out)
     source = resolve(opts.model)
     read = PartReader(source)  # each checkpoint file read once, for the config and the weights
-    plan = make_plan(opts, source, config_of(source, read), read_previous(out))
+    cfg = config_of(source, read)
+    lora_plan = None
+    if opts.loras:  # read and checked now: a bad LoRA fails before anything is written
+        from t2vrt.export.loras import plan_loras, with_few_step_defaults
 
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+        lora_plan = plan_loras(opts.loras, cfg, opts.few_step, opts.guidance_w)
+        cfg = with_few_step_defaults(cfg, lora_plan)
+    plan = make_plan(opts, source, cfg, read_previous(out), lora_plan)
+
+    # Built in a hidden temp dir, swapped in atomically (t2vrt.safety.atomic); an error, Ctrl-C or SIGTERM removes
+    # it. The old bundle's engines and any file a user put there are carried into the new one, never deleted.
+    with staged as tmp:
         tok = TokenizerInfo("tokenizer.json", plan.config.text_encoder.context_length)
         write_tokenizer_json(tmp / tok.file, context_length=tok.context_length)  # the fp16 gate reads it
         manifest = _execute(plan, read, tmp, tok, progress)
         write_json_atomic(tmp / MANIFEST_NAME, manifest.to_json())
-        _swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished temp dir to --out; an old bundle's engines move over (their keys say if they're stale)."""
-    if out.exists():
-        if (out / "engines").is_dir():
-            (out / "engines").rename(tmp / "engines")
-        trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        out.rename(trash)
-        tmp.rename(out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        tmp.rename(out)
+        staged.commit()
+    for note in staged.notes:
+        progress(note)
+    return staged.target
 
 
 def _betas(cfg: ModelConfig) -> np.ndarray:
@@ -137,7 +133,7 @@ def _execute(plan: ExportPlan, read: PartReader, tmp: Path, tok: TokenizerInfo, 
     files: dict[str, dict[str, ComponentFile]] = {name: {} for name in COMPONENTS}
     for (name, p), entry in plan.reuse.items():
         for rel in filter(None, (entry["path"], entry.get("data"))):
-            _link_or_copy(plan.options.out / rel, tmp / rel)
+            _link_or_copy(confine(plan.options.out, rel, f"{name} {p} file"), confine(tmp, rel, f"{name} {p} file"))
         files[name][p] = ComponentFile.from_json(tmp, entry, f"{name} {p}")
         progress(f"{name} {p}: unchanged (key {entry['key']}), reused")
     todo = plan.todo
@@ -149,6 +145,10 @@ def _execute(plan: ExportPlan, read: PartReader, tmp: Path, tok: TokenizerInfo, 
         t0 = time.perf_counter()
         models = load_weights(plan.source, plan.config, read, dtype=torch.float32)
         progress(f"loaded in {time.perf_counter() - t0:.1f} s")
+        if plan.lora is not None:
+            from t2vrt.export.loras import apply_loras
+
+            apply_loras(models["unet"], plan.lora, plan.config, progress)  # before the fp32 references and tracing
         chain = _export_components(plan, models, files, tmp, progress) or chain
 
     cfg = plan.config
@@ -157,6 +157,7 @@ def _execute(plan: ExportPlan, read: PartReader, tmp: Path, tok: TokenizerInfo, 
     return Manifest(
         tmp, cfg, tuple(float(b) for b in _betas(cfg)), tok, components, source, opset=plan.options.opset,
         fp16_gate=chain, versions=plan.versions, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        lora=plan.lora.manifest_entry() if plan.lora is not None else None,
     )  # fmt: skip
 
 
@@ -183,7 +184,8 @@ def _export_components(
     for name, c in COMPONENTS.items():
         spec = c.io(cfg)
         fp32_inputs = tuple(t.name in c.fp32_inputs for t in spec.inputs)
-        for p in ("fp32", "fp16"):
+        traced: list[tuple[str, Path, Path | None, float]] = []
+        for p in ("fp32", "fp16"):  # fp32 first: the module is cast in place for fp16
             if (name, p) not in todo:
                 continue
             dtype = torch.float32 if p == "fp32" else torch.float16
@@ -193,18 +195,21 @@ def _export_components(
             progress(f"{name} {p}: tracing to ONNX (opset {plan.options.opset})")
             trace = sample_inputs(spec, c.trace_dims, vocab_size=vocab)
             data = trace_to_onnx(EngineIO(module, dtype, fp32_inputs), spec, trace, path, plan.options.opset)
-            t_export = time.perf_counter() - t0
-            check, ref = refs[name]
+            traced.append((p, path, data, time.perf_counter() - t0))
+        module = None
+        models.pop(name)  # the caller's dict: its last reference to the module
+        gc.collect()
+        # Gate after the module is gone: at full size an ORT session of the UNet never shares memory with it.
+        check, ref = refs[name]
+        for p, path, data, t_export in traced:
             got = make_session(path, prepack=False).run(spec.output_names, check)[0]
             parity = gates.check_component(name, p, got, ref)
             size = path.stat().st_size + (data.stat().st_size if data else 0)
             files[name][p] = ComponentFile(
-                path, data, sha256_file(path), size, plan.keys[(name, p)], {**parity, "export_seconds": round(t_export, 2)}
+                path, data, sha256_file(path), size, plan.keys[(name, p)], {**parity, "export_seconds": round(t_export, 2)},
+                data_sha256=sha256_file(data) if data is not None else "",
             )
             progress(f"{name} {p}: {size / 2**20:.1f} MiB, rel L2 vs PyTorch fp32 {parity['rel_l2']:.2e} ({t_export:.1f} s)")
-        module = None
-        models.pop(name)  # the caller's dict: its last reference to the module
-        gc.collect()
     if not want_chain:
         return None
 
