@@ -22,6 +22,9 @@ from t2vrt.components import COMPONENTS, REQUIRED
 from t2vrt.config import ConfigError, Defaults, ModelConfig, ScheduleConfig
 from t2vrt.errors import UsageError
 from t2vrt.iospec import IOSpec
+from t2vrt.safety import integrity
+from t2vrt.safety.jsonfile import read_json
+from t2vrt.safety.paths import confine
 
 SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
@@ -30,9 +33,7 @@ PRECISIONS = ("fp32", "fp16")
 
 def bundle_path(bundle: Path, rel: str, what: str) -> Path:
     """The path a manifest field names, inside the bundle (the one place manifest paths are turned into files)."""
-    if not isinstance(rel, str) or not rel:
-        raise UsageError(f"{bundle / MANIFEST_NAME}: {what} must be a relative path inside the bundle, got {rel!r}")
-    return bundle / rel
+    return confine(bundle, rel, what, str(bundle / MANIFEST_NAME))  # no absolute path, no "..", no symlink out
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class ComponentFile:
     bytes: int  # graph + data
     key: str = ""  # hash of everything the graph depends on (export reuses a file whose key is unchanged)
     parity: dict[str, float] = field(default_factory=dict)  # what the export's gate measured
+    data_sha256: str = ""  # of the external-data file (bundles exported before it was recorded: size only)
 
     def to_json(self, bundle: Path) -> dict[str, Any]:
         return {
@@ -52,6 +54,7 @@ class ComponentFile:
             "bytes": self.bytes,
             "key": self.key,
             "parity": self.parity,
+            **({"data_sha256": self.data_sha256} if self.data_sha256 else {}),
         }
 
     @classmethod
@@ -63,6 +66,7 @@ class ComponentFile:
             bytes=int(d["bytes"]),
             key=str(d.get("key", "")),
             parity={k: float(v) for k, v in d.get("parity", {}).items()},
+            data_sha256=str(d.get("data_sha256") or ""),
         )
 
 
@@ -112,6 +116,7 @@ class Manifest:
     fp16_gate: dict[str, float] | None = None
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
+    lora: dict[str, Any] | None = None  # merged LoRAs (name, sha256, format, scale), guidance embedding, few-step mode
 
     @property
     def defaults(self) -> Defaults:
@@ -150,6 +155,7 @@ class Manifest:
             "fp16_gate": self.fp16_gate,
             "opset": self.opset,
             "versions": self.versions,
+            **({"lora": self.lora} if self.lora is not None else {}),
         }
 
 
@@ -160,16 +166,13 @@ def read_raw(bundle: Path) -> dict[str, Any]:
         raise UsageError(f"bundle {str(bundle)!r} is not a directory; make one with `t2vrt export MODEL --out {bundle}`")
     if not path.is_file():
         raise UsageError(f"{path} is missing: {str(bundle)!r} is not a t2vrt bundle (make one with `t2vrt export`)")
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise UsageError(f"{path} is unreadable or corrupted: {e}") from None
+    raw = read_json(path, max_bytes=64 << 20, hint="re-export the bundle")  # bounded size and nesting depth
     version = raw.get("schema_version") if isinstance(raw, dict) else None
-    if version != SCHEMA_VERSION:
+    if not isinstance(raw, dict) or version != SCHEMA_VERSION:
         raise UsageError(
             f"{path} has schema version {version!r}; this t2vrt reads version {SCHEMA_VERSION}: re-export the bundle"
         )
-    return raw
+    return {str(k): v for k, v in raw.items()}
 
 
 def load_manifest(bundle: str | Path) -> Manifest:
@@ -198,6 +201,7 @@ def load_manifest(bundle: str | Path) -> Manifest:
         manifest = Manifest(
             bundle, model, betas, tokenizer, components, source, opset=int(raw.get("opset", 17)),
             fp16_gate=raw.get("fp16_gate"), versions=dict(raw.get("versions", {})), created=str(raw.get("created", "")),
+            lora=dict(raw["lora"]) if raw.get("lora") is not None else None,
         )  # fmt: skip
     except ConfigError as e:
         raise UsageError(f"{path}: {e}; re-export the bundle") from None
@@ -209,6 +213,7 @@ def load_manifest(bundle: str | Path) -> Manifest:
 
 def _check(m: Manifest, path: Path) -> None:
     """The values every later stage relies on, checked once here."""
+    bundle_path(m.bundle, m.tokenizer.file, "tokenizer file")  # confined now, not when first opened
     n = m.schedule.num_train_timesteps
     if len(m.betas) != n:
         raise UsageError(f"{path}: schedule has {len(m.betas)} betas for {n} training timesteps; re-export the bundle")
@@ -222,6 +227,21 @@ def _check(m: Manifest, path: Path) -> None:
     missing = [c for c in REQUIRED if c not in m.components]
     if missing:
         raise UsageError(f"{path}: the bundle lacks component(s) {', '.join(missing)}; re-export it")
+
+
+def verify_files(m: Manifest, components: list[str] | None = None, precisions: list[str] | None = None) -> list[Path]:
+    """sha256 of the bundle's graphs and data files against the manifest (t2vrt.safety.integrity: a verdict cache
+    outside the bundle spares re-hashing unchanged files). UsageError naming the first file that differs; returns the
+    files that had to be hashed."""
+    expected = []
+    for name, c in m.components.items():
+        for p, f in c.files.items():
+            if (components is None or name in components) and (precisions is None or p in precisions):
+                graph_size = None if f.data is not None else f.bytes
+                expected.append(integrity.Expected(f.path, f.sha256, graph_size))
+                if f.data is not None and f.data_sha256:
+                    expected.append(integrity.Expected(f.data, f.data_sha256))
+    return integrity.verify(expected, what="bundle")
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -68,7 +68,9 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "model config") -> ModelConfig:
-        return from_dict(cls, data, where)
+        from t2vrt.config.checks import check_model_config  # values, not just types (untrusted manifests)
+
+        return check_model_config(from_dict(cls, data, where), where)
 
 
 def preset(name: str) -> ModelConfig:

@@ -62,7 +62,8 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
 
 def to_dict(obj: Any) -> dict[str, Any]:
     """A config as plain JSON types (tuples become lists)."""
-    return json_ready(dataclasses.asdict(obj))
+    out: dict[str, Any] = json_ready(dataclasses.asdict(obj))
+    return out
 
 
 def json_ready(value: Any) -> Any:

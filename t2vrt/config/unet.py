@@ -30,7 +30,7 @@ class UNet3DConfig:
     @property
     def downsampling(self) -> int:
         """Total spatial downsampling of the UNet (2 ** (levels - 1)): latent sizes must be multiples of it."""
-        return 2 ** (len(self.channel_mult) - 1)
+        return 1 << (len(self.channel_mult) - 1)
 
 
 UNET_PRESETS: dict[str, UNet3DConfig] = {

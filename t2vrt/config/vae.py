@@ -19,7 +19,7 @@ class VAEConfig:
     @property
     def downscale(self) -> int:
         """Pixels per latent along each side (8 for KL-f8)."""
-        return 2 ** (len(self.ch_mult) - 1)
+        return 1 << (len(self.ch_mult) - 1)
 
 
 VAE_PRESETS: dict[str, VAEConfig] = {

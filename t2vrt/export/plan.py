@@ -18,6 +18,7 @@ from t2vrt.components import COMPONENTS
 from t2vrt.config import ModelConfig, to_dict
 from t2vrt.errors import UsageError
 from t2vrt.manifest import MANIFEST_NAME, SCHEMA_VERSION
+from t2vrt.safety.paths import confine
 
 PRECISION_CHOICES = {"fp32": ("fp32",), "fp16": ("fp16",), "both": ("fp32", "fp16")}
 OPSETS = range(17, 21)
@@ -31,6 +32,9 @@ class ExportOptions:
     precision: str = "both"
     opset: int = 17
     force: bool = False  # re-export every component even when its key matches
+    loras: tuple[str, ...] = ()  # --lora SOURCE[:SCALE], merged into the UNet before tracing (t2vrt.export.loras)
+    few_step: str = "auto"  # the bundle's sampler defaults for a few-step LoRA: auto | t2v-turbo | lcm | none
+    guidance_w: float = 7.5  # T2V-Turbo's guidance value, folded into the UNet when a LoRA has the embedding
 
     def validate(self) -> None:
         if self.precision not in PRECISION_CHOICES:
@@ -63,14 +67,14 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def fingerprint_sources(files: list[Path], previous: dict[str, dict]) -> list[dict]:
+def fingerprint_sources(files: list[Path], previous: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """sha256 of each source file, reusing the previous manifest's when size and mtime are unchanged."""
     out = []
     for p in files:
         st = p.stat()
         old = previous.get(str(p))
-        same = old and old.get("bytes") == st.st_size and old.get("mtime") == st.st_mtime
-        sha = old["sha256"] if same else sha256_file(p)
+        same = old is not None and old.get("bytes") == st.st_size and old.get("mtime") == st.st_mtime
+        sha = str(old["sha256"]) if old is not None and same else sha256_file(p)
         out.append({"path": str(p), "bytes": st.st_size, "mtime": st.st_mtime, "sha256": sha})
     return out
 
@@ -94,11 +98,12 @@ class ExportPlan:
     source: Any  # t2vrt.models.source.Source
     config: ModelConfig
     source_key: str
-    source_files: tuple[dict, ...]
+    source_files: tuple[dict[str, Any], ...]
     versions: dict[str, str]
     keys: dict[Job, str]  # every (component, precision) this export writes -> its key
-    reuse: dict[Job, dict]  # the jobs an earlier bundle already has: job -> its manifest file entry
+    reuse: dict[Job, dict[str, Any]]  # the jobs an earlier bundle already has: job -> its manifest file entry
     previous: dict[str, Any] | None
+    lora: Any = None  # t2vrt.export.loras.LoraPlan, or None without --lora
 
     @property
     def todo(self) -> list[Job]:
@@ -109,24 +114,34 @@ class ExportPlan:
         return PRECISION_CHOICES[self.options.precision]
 
 
-def make_plan(opts: ExportOptions, source: Any, cfg: ModelConfig, previous: dict[str, Any] | None) -> ExportPlan:
+def make_plan(
+    opts: ExportOptions, source: Any, cfg: ModelConfig, previous: dict[str, Any] | None, lora: Any = None
+) -> ExportPlan:
     old_sources = {f["path"]: f for f in (previous or {}).get("source", {}).get("files", [])}
     src_files = fingerprint_sources([Path(p) for p in source.files], old_sources)
     where = str(source.root) if source.layout == "embedded" else ""
     src_key = key_of(source.layout, where, [f["sha256"] for f in src_files])
     vers = versions()
+    lora_key = lora.key() if lora is not None and lora.loras else None  # LoRAs change the UNet graph only
     keys = {
-        (name, p): key_of(src_key, to_dict(c.config(cfg)), p, opts.opset, vers["t2vrt"], vers["torch"], vers["onnx"])
+        (name, p): key_of(
+            src_key, to_dict(c.config(cfg)), p, opts.opset, vers["t2vrt"], vers["torch"], vers["onnx"],
+            *([lora_key] if name == "unet" and lora_key is not None else []),
+        )
         for name, c in COMPONENTS.items()
         for p in PRECISION_CHOICES[opts.precision]
-    }
+    }  # fmt: skip
     old_components = (previous or {}).get("components", {})
     reuse = {}
     for (name, p), key in keys.items():
         entry = old_components.get(name, {}).get("files", {}).get(p)
         if opts.force or not entry or entry.get("key") != key:
             continue
-        files = [opts.out / entry["path"]] + ([opts.out / entry["data"]] if entry.get("data") else [])
+        rels = [entry.get("path")] + ([entry["data"]] if entry.get("data") else [])
+        try:  # an earlier manifest is untrusted too: a path leaving the bundle is never reused
+            files = [confine(opts.out, rel, f"{name} {p} file") for rel in rels]
+        except UsageError:
+            continue
         if all(f.is_file() for f in files):
             reuse[(name, p)] = entry
-    return ExportPlan(opts, source, cfg, src_key, tuple(src_files), vers, keys, reuse, previous)
+    return ExportPlan(opts, source, cfg, src_key, tuple(src_files), vers, keys, reuse, previous, lora)

@@ -81,7 +81,7 @@ def select_backend(manifest: Manifest, backend: str = "auto", options: BackendOp
             raise UsageError(f"--backend {backend}: {reason}")
         return BACKENDS[backend].create(manifest, o), f"{backend} (asked for)"
     candidates = [b for b in BACKENDS.values() if backend == "auto" or b.name.startswith("onnxruntime")]
-    skipped = []
+    skipped: list[str] = []
     for b in candidates:
         reason = b.why_unavailable(manifest)
         if reason is None:

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 import numpy as np
 
 A = TypeVar("A")  # an array type: numpy.ndarray, or torch.Tensor in the baseline
-UNetCall = Callable[[Any, float, Any], Any]  # (latents (b, ...), timestep, text embeddings (b, L, C)) -> eps
 
 
 def guide(eps_cond: A, eps_uncond: A, scale: float) -> A:
     """Classifier-free guidance (Ho & Salimans 2022, eq. 6 in eps form): uncond + g * (cond - uncond)."""
-    return eps_uncond + scale * (eps_cond - eps_uncond)  # type: ignore[operator]
+    return cast(A, eps_uncond + scale * (eps_cond - eps_uncond))  # type: ignore[operator]
 
 
 @dataclass
@@ -30,7 +29,7 @@ class GuidedDenoiser(Generic[A]):
     activations. Both give the same eps.
     """
 
-    unet: UNetCall
+    unet: Callable[[A, float, A], A]  # (latents (b, ...), timestep, text embeddings (b, L, C)) -> eps
     cond: A  # (1, L, C)
     uncond: A | None  # (1, L, C), None = unguided (one pass per step)
     scale: float = 1.0
@@ -51,5 +50,5 @@ class GuidedDenoiser(Generic[A]):
             return self.unet(x, t, self.cond)
         if self.batch == 2:
             both = self.unet(self.concat([x, x]), t, self.concat([self.cond, self.uncond]))
-            return guide(both[:1], both[1:], self.scale)  # type: ignore[index]
+            return guide(cast(A, both[:1]), cast(A, both[1:]), self.scale)  # type: ignore[index]
         return guide(self.unet(x, t, self.cond), self.unet(x, t, self.uncond), self.scale)

@@ -19,7 +19,7 @@ EpsModel = Callable[[np.ndarray, int], np.ndarray]  # (x, t) -> eps: guidance an
 
 
 class Callback(Protocol):
-    def __call__(self, i: int, t: int, x: np.ndarray) -> None: ...
+    def __call__(self, i: int, t: int, x: np.ndarray, /) -> None: ...
 
 
 class Loop(Protocol):
@@ -29,7 +29,10 @@ class Loop(Protocol):
     ) -> np.ndarray: ...  # fmt: skip
 
 
-def _ddim_loop(eps, x, timesteps, alphas_cumprod, *, eta, rng, callback):  # type: ignore[no-untyped-def]
+def _ddim_loop(
+    eps: EpsModel, x: np.ndarray, timesteps: Sequence[int], alphas_cumprod: np.ndarray, *, eta: float,
+    rng: np.random.Generator | None, callback: Callback | None,
+) -> np.ndarray:  # fmt: skip
     """DDIM over the schedule; eta > 0 draws its noise per step from `rng` (float64 normal, cast to x's dtype)."""
     if eta > 0 and rng is None:
         raise ValueError("eta > 0 needs a numpy Generator (rng) for the step noise")
@@ -44,7 +47,10 @@ def _ddim_loop(eps, x, timesteps, alphas_cumprod, *, eta, rng, callback):  # typ
     return x
 
 
-def _dpmpp_2m_loop(eps, x, timesteps, alphas_cumprod, *, eta, rng, callback):  # type: ignore[no-untyped-def]
+def _dpmpp_2m_loop(
+    eps: EpsModel, x: np.ndarray, timesteps: Sequence[int], alphas_cumprod: np.ndarray, *, eta: float,
+    rng: np.random.Generator | None, callback: Callback | None,
+) -> np.ndarray:  # fmt: skip
     """DPM-Solver++(2M): each step carries the previous data prediction and timestep."""
     ts = [int(t) for t in timesteps]
     prev_x0: np.ndarray | None = None

@@ -1,0 +1,76 @@
+"""Export the full ms-1.7b config (seeded random weights, ORIGINAL release layout) and record time and peak RSS.
+
+    .venv/bin/python benchmarks/fullsize_export.py [--work /tmp/t2vrt-fullsize] [--keep]
+
+Writes the checkpoint once (7.2 GB: UNet .pth, open_clip .bin, Lightning VQGAN .pth), then runs `t2vrt export` in a
+child process under /usr/bin/time -v (peak RSS of the export alone) and writes benchmarks/results/fullsize-export-*.md.
+Needs ~25 GB of disk; deletes the bundle afterwards unless --keep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def write_checkpoint(ckpt: Path) -> None:
+    if (ckpt / "configuration.json").is_file():
+        return
+    import torch
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from support.writers import write_original
+
+    from t2vrt.config import preset
+    from t2vrt.models.checkpoint import build_modules
+    from t2vrt.models.random_init import randomize_
+
+    cfg = preset("ms-1.7b")
+    models = {n: randomize_(m, seed=i) for i, (n, m) in enumerate(build_modules(cfg).items())}
+    with torch.no_grad():
+        write_original(ckpt, models, cfg)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", type=Path, default=Path("/tmp/t2vrt-fullsize"))
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+    ckpt, out = args.work / "ckpt", args.work / "bundle"
+    t0 = time.time()
+    write_checkpoint(ckpt)
+    print(f"checkpoint ready in {time.time() - t0:.0f} s", flush=True)
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "t2vrt.cli", "export", str(ckpt), "--out", str(out)]
+    t0 = time.time()
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.time() - t0
+    if p.returncode:
+        sys.exit(f"export failed:\n{p.stdout}\n{p.stderr[-3000:]}")
+    peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr).group(1))  # type: ignore[union-attr]
+    log = "\n".join(line for line in (p.stdout + p.stderr).splitlines() if not line.startswith("\t"))
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    report = HERE / "results" / f"fullsize-export-{stamp}.md"
+    report.write_text(
+        f"# Full-size export, ms-1.7b config, random weights, original layout ({stamp})\n\n"
+        f"Machine: {platform.processor() or platform.machine()}, 2 cores, 24 GiB (other jobs may have been running).\n"
+        f"Command: `t2vrt export CKPT --out BUNDLE` (precision both, opset 17), measured with /usr/bin/time -v.\n\n"
+        f"**{wall:.0f} s wall, {peak_kb / 2**20:.2f} GiB ({peak_kb * 1024 / 1e9:.2f} GB) peak RSS.**\n\n"
+        f"```\n{log.strip()}\n```\n"
+    )
+    print(report.read_text())
+    if not args.keep:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
