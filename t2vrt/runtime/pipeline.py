@@ -7,14 +7,15 @@ sampler is one entry of t2vrt.runtime.samplers. Torch-free.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from t2vrt.manifest import Manifest, load_manifest
-from t2vrt.runtime import samplers, schedulers
+from t2vrt.runtime import samplers, schedulers, v2v
 from t2vrt.runtime.backend import Backend, Runner
 from t2vrt.runtime.backends import BackendOptions, select_backend
 from t2vrt.runtime.denoiser import GuidedDenoiser
@@ -33,10 +34,12 @@ class Video:
     options: GenerateOptions
     backend: str
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage; "step" = mean per denoising step
+    record: dict[str, Any] | None = None  # prompt and parameters, written into .mp4/.webm/.gif (t2vrt.runtime.metadata)
+    latents: np.ndarray | None = None  # (1, c, f, h, w): the final latents the frames were decoded from
 
     def save(self, path: str | Path, fps: int | None = None, overwrite: bool = False) -> Path:
         """Write by extension: .mp4 (h264), .webm, .gif, or a directory of PNGs."""
-        return save_video(self.frames, path, fps=fps or self.fps, overwrite=overwrite)
+        return save_video(self.frames, path, fps=fps or self.fps, overwrite=overwrite, metadata=self.record)
 
 
 def _graph(runner: Runner, stage: str, inputs: dict[str, np.ndarray], output: str, at: str = "") -> np.ndarray:
@@ -87,7 +90,24 @@ class Pipeline:
         guidance_batch: int | None = None,
         vae_chunk: int | None = None,
         callback: StepCallback | None = None,
+        init_video: v2v.ClipSource | None = None,
+        strength: float | None = None,
+        start_frame: int = 0,
+        init_image: v2v.ClipSource | None = None,
+        hold_frames: int | None = None,
+        hold_latents: np.ndarray | None = None,
+        posterior_noise: v2v.PosteriorNoise = None,
+        hold_noise: Sequence[np.ndarray] | None = None,
+        fit: str = "crop",
     ) -> Video:
+        """One video. With `init_video` (a clip path or uint8 frames) it is video-to-video: the clip's frames at the
+        requested size are encoded, noised with `latents` (or the seed's draw) to where `strength` of the schedule
+        remains, and denoised from there; `posterior_noise` is the VAE posterior's draw ("mean": none). With
+        `init_image` the first `hold_frames` frames hold the image's latents at every step (image-to-video);
+        `hold_latents` (1, c, k, h, w) holds given latents instead (continuation, t2vrt.runtime.extend)."""
+        init = v2v.Init(init_video, init_image, hold_latents, strength, start_frame, hold_frames, posterior_noise,
+                        hold_noise, fit)  # fmt: skip
+        init.check()
         hints = self.backend.hints()
         o = resolve_options(
             self.manifest, prompt, negative_prompt=negative_prompt, num_frames=num_frames, height=height, width=width,
@@ -99,20 +119,27 @@ class Pipeline:
         shape = self.manifest.model.latent_shape(o.num_frames, o.height, o.width)
         x = check_latents(latents, o, self.manifest) if latents is not None else rng.standard_normal(shape, np.float32)
         timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        start = v2v.prepare(init, o, x, rng, self.manifest, self.backend, self.alphas_cumprod)
+        if start is not None:
+            x = start.x
+            timings["init_encode"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         cond, uncond = self.encode(o.prompt, o.negative_prompt if o.guided else None)
         timings["text_encode"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        x = self.denoise(x, cond, uncond, o, rng, callback)
+        x = self.denoise(x, cond, uncond, o, rng, callback, start)
         timings["denoise"] = time.perf_counter() - t0
-        timings["step"] = timings["denoise"] / o.num_inference_steps
+        timings["step"] = timings["denoise"] / (o.num_inference_steps if start is None else len(start.timesteps))
 
         t0 = time.perf_counter()
         frames = self.decode(x, o.vae_chunk)
         timings["decode"] = time.perf_counter() - t0
-        return Video(frames, self.manifest.defaults.fps, o, self.backend.name, timings)
+        fps = self.manifest.defaults.fps
+        meta = v2v.record(o, self.manifest, start.record if start is not None else None, fps)
+        return Video(frames, fps, o, self.backend.name, timings, meta, x)
 
     def _stage(self, component: str) -> _Stage:
         return _Stage(self.backend, component)
@@ -132,9 +159,13 @@ class Pipeline:
         o: GenerateOptions,
         rng: np.random.Generator,
         callback: StepCallback | None = None,
+        start: v2v.Start | None = None,
     ) -> np.ndarray:
         sampler = samplers.get(o.scheduler)
-        timesteps = sampler.timesteps(self.num_train_timesteps, o.num_inference_steps)
+        if start is not None:  # video-to-video / held frames: the kept tail of the schedule
+            timesteps = start.timesteps
+        else:
+            timesteps = sampler.timesteps(self.num_train_timesteps, o.num_inference_steps)
         n = len(timesteps)
 
         last: list[np.ndarray] = []  # (x, eps) of the step in progress, to blame a non-finite step on its cause
@@ -160,8 +191,11 @@ class Pipeline:
                 last[:] = [lat, e]
                 return e
 
-            x = samplers.sample(eps, x, timesteps, self.alphas_cumprod, sampler=o.scheduler, eta=o.eta, rng=rng,
+            model = eps if start is None else start.eps(eps, self.alphas_cumprod)  # holds the known frames
+            x = samplers.sample(model, x, timesteps, self.alphas_cumprod, sampler=o.scheduler, eta=o.eta, rng=rng,
                                 callback=on_step)  # fmt: skip
+        if start is not None:
+            x = start.finish(x, self.alphas_cumprod)
         return x.astype(np.float32, copy=False)
 
     def decode(self, x: np.ndarray, chunk: int = 0) -> np.ndarray:
