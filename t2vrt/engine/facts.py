@@ -72,7 +72,11 @@ def request_from(facts: Facts, frames: int | None, height: int | None, width: in
     def pick(given: int | None, default: int) -> int:
         return default if given is None else given  # 0 is a value to refuse, not "unset"
 
-    return Request(pick(frames, d.num_frames), pick(height, d.height), pick(width, d.width), dynamic)
+    from t2vrt.runtime.samplers import SAMPLERS
+
+    sampler = SAMPLERS.get(d.sampler)
+    unguided = sampler is not None and not sampler.guided  # a few-step bundle plans batch-1 UNets
+    return Request(pick(frames, d.num_frames), pick(height, d.height), pick(width, d.width), dynamic, unguided)
 
 
 def load_facts(source: str, calibrate: Request | None = None, target: store.Target | None = None) -> Facts:

@@ -58,6 +58,7 @@ class Request:
     height: int
     width: int
     dynamic: bool = False  # a profile range up to the request instead of exactly it
+    unguided: bool = False  # a few-step bundle's sampler: one batch-1 UNet call per step, never a batch-2 guidance call
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,8 @@ class Plan:
         r = self.request
         return {
             "vram": self.vram, "budget": self.budget, "margin": MARGIN, "reserve": RESERVE,
-            "request": {"frames": r.frames, "height": r.height, "width": r.width, "dynamic": r.dynamic},
+            "request": {"frames": r.frames, "height": r.height, "width": r.width, "dynamic": r.dynamic,
+                        "unguided": r.unguided},
             "residency": self.residency, "guidance_batch": self.guidance_batch, "vae_chunk": self.vae_chunk,
             "workspace": self.workspace, "engines": [e.to_json() for e in self.engines], "reasons": list(self.reasons),
         }  # fmt: skip
@@ -168,7 +170,8 @@ class Plan:
     def from_json(cls, d: Mapping[str, Any]) -> Plan:
         r = d["request"]
         return cls(
-            int(d["vram"]), int(d["budget"]), Request(int(r["frames"]), int(r["height"]), int(r["width"]), bool(r["dynamic"])),
+            int(d["vram"]), int(d["budget"]),
+            Request(int(r["frames"]), int(r["height"]), int(r["width"]), bool(r["dynamic"]), bool(r.get("unguided"))),
             str(d["residency"]), int(d["guidance_batch"]), int(d["vae_chunk"]), int(d["workspace"]),
             tuple(EnginePlan.from_json(e) for e in d["engines"]), tuple(d.get("reasons", ())),
         )  # fmt: skip
@@ -247,9 +250,10 @@ def plan(io: Mapping[str, IOSpec], sizes: Sizes, req: Request, vram: int, downsc
         raise UsageError(f"--vram {fmt(vram)} is below the {fmt(RESERVE)} reserved for the CUDA context and TensorRT "
                          f"plus the {fmt(MIN_WORKSPACE)} minimum workspace: give at least {fmt(RESERVE + MIN_WORKSPACE)}")
     tried: list[str] = []
-    for residency, g, stream in _ORDER:
+    order = [o for o in _ORDER if o[1] == 1] if req.unguided else list(_ORDER)  # unguided: batch 1 is all it runs
+    for residency, g, stream in order:
         p = _fit(io, sizes, req, vram, residency, g, downscale, stream)
-        if p is not None and stream:  # streaming: fewest weight bytes over the bus per step wins, not batch size
+        if p is not None and stream and not req.unguided:  # streaming: fewest weight bytes per step wins
             alt = _fit(io, sizes, req, vram, residency, 3 - g, downscale, stream)
             if alt is not None and _streamed_per_step(alt) < _streamed_per_step(p):
                 p, g = alt, alt.guidance_batch
@@ -263,7 +267,10 @@ def plan(io: Mapping[str, IOSpec], sizes: Sizes, req: Request, vram: int, downsc
             "all engines resident: no per-generation loading" if residency == "resident"
             else "engines loaded, run and freed one at a time: only one engine's weights on the card"
         )  # fmt: skip
-        why.append("cond + uncond in one batch-2 UNet call" if g == 2 else "two batch-1 UNet calls: half the activations")
+        why.append(
+            "one unguided batch-1 UNet call per step (few-step sampler)" if req.unguided
+            else "cond + uncond in one batch-2 UNet call" if g == 2 else "two batch-1 UNet calls: half the activations"
+        )  # fmt: skip
         if p.vae_chunk < min(req.frames, MAX_VAE_CHUNK):
             why.append(f"VAE decodes {p.vae_chunk} frames per call to fit")
         if stream:
