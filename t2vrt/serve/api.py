@@ -28,9 +28,10 @@ from t2vrt.serve.ids import is_job_id, new_id
 from t2vrt.serve.limits import TooLarge
 from t2vrt.serve.objects import deleted_object, video_object
 from t2vrt.serve.params import JobRequest, parse_request
+from t2vrt.serve.pool import Workers
 from t2vrt.serve.store import Job, JobStore, QueueFull
 from t2vrt.serve.uploads import Upload, check_upload, from_reference
-from t2vrt.serve.worker import Live, Worker
+from t2vrt.serve.worker import Live
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Services:
     store: JobStore
     state: StateDir
     executor: Executor
-    worker: Worker
+    worker: Workers  # one Worker, or a WorkerPool (t2vrt serve --ray)
     live: Live
     max_queue: int = 64
     max_upload_bytes: int = 64 << 20

@@ -21,6 +21,9 @@ def video_object(job: Job, live: dict[str, Any] | None = None, queue_position: i
     if job.result is not None:
         extra["timings"] = job.result.get("timings", {})
         extra["backend"] = job.result.get("backend")
+        if "replica" in job.result:  # t2vrt serve --ray: which replica made it (and any lost on the way)
+            extra["replica"] = job.result["replica"]
+            extra["replicas_lost"] = job.result.get("replicas_lost", [])
     return {
         "id": job.id,
         "object": "video",

@@ -20,6 +20,7 @@ from types import FrameType
 from typing import Any
 
 from t2vrt.errors import UsageError
+from t2vrt.serve.ray_config import RayOptions, check_ray_options
 
 log = logging.getLogger("t2vrt.serve")
 
@@ -39,6 +40,7 @@ class ServeConfig:
     drain_timeout: float = 60.0
     poll_after_ms: int = 500
     access_log: bool = False
+    ray: RayOptions | None = None  # --ray: jobs run on a Ray Serve deployment (t2vrt.serve.ray_executor)
 
 
 def is_loopback(host: str) -> bool:
@@ -64,16 +66,19 @@ def check_config(c: ServeConfig) -> None:
             raise UsageError(f"{name} must be >= {lo}, got {v}")
     if c.drain_timeout < 0:
         raise UsageError(f"--drain-timeout must be >= 0 seconds, got {c.drain_timeout:g}")
+    if c.ray is not None:
+        check_ray_options(c.ray)
 
 
 def serve(c: ServeConfig) -> None:
     import uvicorn
 
     from t2vrt.serve.api import Services, create_app
-    from t2vrt.serve.executor import LocalExecutor
+    from t2vrt.serve.executor import Executor, LocalExecutor
     from t2vrt.serve.files import StateDir
     from t2vrt.serve.limits import ApiKey, BodyLimit
     from t2vrt.serve.store import JobStore
+    from t2vrt.serve.pool import Workers
     from t2vrt.serve.worker import Live, Worker
 
     check_config(c)
@@ -87,11 +92,25 @@ def serve(c: ServeConfig) -> None:
     swept = state.sweep(set(store.all_ids()))
     log.info("state %s: %d queued again after a crash, %d failed (interrupted twice), %d stray files removed",
              state.root, len(settled["requeued"]), len(settled["failed"]), swept)
-    executor = LocalExecutor.load(c.bundles, backend=c.backend)
-    for name, note in executor.describe().items():
+    sweep_every = min(60.0, max(1.0, (ttl or 240) / 4))
+    executor: Executor
+    worker: Workers
+    live: Live
+    if c.ray is not None:  # one worker per replica the deployment may have; Ray is imported only here
+        from t2vrt.serve.pool import LiveJobs, WorkerPool
+        from t2vrt.serve.ray_executor import RayExecutor
+
+        live = LiveJobs()
+        executor = ray_executor = RayExecutor.start(c.bundles, c.backend, c.ray, on_start=live.note)
+        notes = ray_executor.describe()
+        worker = WorkerPool(c.ray.slots, store, state, executor, live, ttl, sweep_every=sweep_every)
+    else:
+        executor = local = LocalExecutor.load(c.bundles, backend=c.backend)
+        notes = local.describe()
+        live = Live()
+        worker = Worker(store, state, executor, live, ttl, sweep_every=sweep_every)
+    for name, note in notes.items():
         log.info("model %s: %s", name, note)
-    live = Live()
-    worker = Worker(store, state, executor, live, ttl, sweep_every=min(60.0, max(1.0, (ttl or 240) / 4)))
     svc = Services(store, state, executor, worker, live, max_queue=c.max_queue,
                    max_upload_bytes=c.max_upload_mb << 20, max_prompt_chars=c.max_prompt_chars,
                    poll_after_ms=c.poll_after_ms)

@@ -2,8 +2,8 @@
 
 A job's row holds its parameters (JSON), status, progress, timestamps, error and result, so a restart finds
 everything: queued jobs stay queued (in submission order), a job found `in_progress` at start is queued again once
-(its `attempts` count says whether it already was) or failed with the reason. One connection, guarded by a lock:
-every statement is sub-millisecond, and the lock keeps the transaction boundaries simple.
+(its `attempts` count says whether it already was) or failed with the reason. Two connections, each behind a lock:
+one writes (every transaction BEGIN IMMEDIATE .. COMMIT, fsynced), one reads, so a poll never waits for an fsync.
 """
 
 from __future__ import annotations
@@ -91,6 +91,7 @@ class JobStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
         self._db.row_factory = sqlite3.Row
         mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -102,10 +103,14 @@ class JobStore:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+        self._reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        self._reader.row_factory = sqlite3.Row
+        self._reader.execute("PRAGMA query_only=ON")
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_lock:
             self._db.close()
+            self._reader.close()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -120,8 +125,8 @@ class JobStore:
             self._db.execute("COMMIT")
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+        with self._read_lock:
+            return self._reader.execute(sql, args).fetchall()
 
     # --- submitting and reading ---------------------------------------------------------------------------------
 

@@ -1,0 +1,187 @@
+"""The Executor that runs jobs on a Ray Serve deployment (`t2vrt serve --ray`), one streaming call per job.
+
+The server process stays the HTTP ingress and the owner of the job store: it connects to the cluster as a Ray driver,
+deploys the VideoGenerator application (no Serve HTTP proxy: our own API is the only way in), and its worker pool
+hands each claimed job to the deployment. It checks requests against the bundles' manifests (read here, no engines),
+so a bad request never reaches a GPU.
+
+A replica that dies mid-job (killed, out of memory, node lost) surfaces here as a Ray actor error: the job is sent
+once more, and Serve routes it to a live replica (another one, or the dead one's replacement); a second death fails
+the job with both reasons. The job's result record names the replica that made it, and any it lost on the way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import exceptions as rex
+from ray import serve
+
+import t2vrt
+from t2vrt.errors import T2VError, UsageError
+from t2vrt.manifest import Manifest, load_manifest
+from t2vrt.runtime import samplers
+from t2vrt.runtime.options import GenerateOptions, resolve_options
+from t2vrt.serve.executor import V2V_KWARGS, ModelInfo, StepFn, pipeline_kwargs
+from t2vrt.serve.ray_config import RayOptions, models_per_replica
+from t2vrt.serve.ray_replica import RESULT_FILES, deployment
+
+log = logging.getLogger("t2vrt.serve")
+
+# what a replica's death looks like to the caller of a streaming handle
+REPLICA_LOST: tuple[type[BaseException], ...] = (
+    rex.RayActorError, rex.WorkerCrashedError, rex.NodeDiedError, rex.ObjectLostError, rex.OutOfMemoryError,
+)
+TRIES = 2  # a job is sent to a replica at most twice
+
+
+class ReplicaLost(T2VError):
+    pass
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else 'no message'}"
+
+
+def model_info(name: str, manifest: Manifest) -> ModelInfo:
+    """What LocalExecutor reports for a loaded Pipeline, from the manifest alone (the ingress loads no engines)."""
+    from t2vrt import Pipeline
+
+    params = inspect.signature(Pipeline.__call__).parameters
+    accepts = frozenset(n for n, p in params.items()
+                        if n != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+    return ModelInfo(id=name, bundle=str(manifest.bundle), defaults=resolve_options(manifest, ""),
+                     fps=int(manifest.defaults.fps), size_multiple=int(manifest.model.size_multiple),
+                     samplers=tuple(samplers.SAMPLERS), accepts=accepts)
+
+
+def connect(address: str | None) -> None:
+    """Join the cluster as a driver (address None: RAY_ADDRESS, else the one `ray start` made here, else a new one)."""
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
+                 namespace="t2vrt")
+    except ConnectionError as e:
+        raise UsageError(f"--ray {address}: no Ray cluster there ({_first_line(e)}); start one with "
+                         f"`ray start --head` or omit the address") from None
+    for name in ("ray", "ray.serve"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class RayExecutor:
+    def __init__(self, manifests: dict[str, Manifest], handle: Any, options: RayOptions,
+                 on_start: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+        self._manifests = manifests
+        self._models = {name: model_info(name, m) for name, m in manifests.items()}
+        self._handle = handle
+        self.options = options
+        self._on_start = on_start
+
+    @classmethod
+    def start(cls, bundles: dict[str, Path], backend: str, o: RayOptions,
+              on_start: Callable[[str, dict[str, Any]], None] | None = None) -> RayExecutor:
+        """Read the manifests, connect, deploy the application (or update the one already there) and wait for it."""
+        manifests = {name: load_manifest(path) for name, path in bundles.items()}
+        connect(o.address)
+        serve.start(proxy_location="Disabled")
+        args = ({name: str(Path(p).absolute()) for name, p in bundles.items()}, backend,
+                models_per_replica(o, len(bundles)), max(1, round(o.cpus_per_replica)), o.build_engines)
+        # The same t2vrt and the same arguments keep the running replicas (an ingress restarted after a crash finds
+        # its engines still loaded); anything else is a new version, which Serve rolls out replica by replica.
+        version = hashlib.sha256(json.dumps([t2vrt.__version__, args, o.actor_options()]).encode()).hexdigest()[:16]
+        app = deployment().options(version=version, ray_actor_options=o.actor_options(),
+                                   **o.replica_count()).bind(*args)
+        handle = serve.run(app, name=o.app_name, route_prefix=None)
+        return cls(manifests, handle, o, on_start)
+
+    def models(self) -> dict[str, ModelInfo]:
+        return self._models
+
+    def describe(self) -> dict[str, str]:
+        o = self.options
+        count = f"{o.replicas}..{o.max_replicas} replicas (autoscaling)" if o.max_replicas is not None else \
+            f"{o.replicas} replica{'s' * (o.replicas != 1)}"
+        where = f"Ray Serve app {o.app_name!r}: {count}, {o.gpus_per_replica:g} GPU each"
+        return {name: f"{where}; each replica picks its backend" for name in self._models}
+
+    def validate(self, model: str, prompt: str, **given: Any) -> GenerateOptions:
+        kw = {k: v for k, v in pipeline_kwargs(given).items() if k not in V2V_KWARGS}
+        return resolve_options(self._manifests[model], prompt, **kw)
+
+    def run(self, job: dict[str, Any], out_dir: Path, on_step: StepFn) -> dict[str, Any]:
+        spec: dict[str, Any] = {k: job[k] for k in ("id", "model", "prompt", "given")}
+        data = None
+        if job.get("input") is not None:
+            path = Path(job["input"]["path"])
+            data = path.read_bytes()  # the upload lives in the ingress' --state; the replica may be elsewhere
+            spec["input"] = {"kind": job["input"]["kind"], "suffix": path.suffix}
+        lost: list[dict[str, Any]] = []
+        for _ in range(TRIES):
+            for f in out_dir.iterdir():  # what a lost attempt wrote
+                f.unlink()
+            where: dict[str, Any] = {}
+            try:
+                result = self._attempt(spec, data, out_dir, on_step, where)
+            except REPLICA_LOST as e:
+                lost.append({**where, "error": _first_line(e)})
+                log.warning("job %s: replica %s lost (%s)", job["id"], where.get("id", "?"), lost[-1]["error"])
+                continue
+            result["replica"] = where
+            if lost:
+                result["replicas_lost"] = lost
+            return result
+        raise ReplicaLost(f"the replica running this job died {len(lost)} times; not retrying it: "
+                          + "; ".join(f"replica {x.get('id', '?')} ({x['error']})" for x in lost))
+
+    def _attempt(self, spec: dict[str, Any], data: bytes | None, out_dir: Path, on_step: StepFn,
+                 where: dict[str, Any]) -> dict[str, Any]:
+        stream = self._handle.options(stream=True, multiplexed_model_id=spec["model"]).generate.remote(spec, data)
+        result: dict[str, Any] | None = None
+        try:
+            for event in stream:
+                kind = event.get("event")
+                if kind == "started":
+                    where.update(event["replica"])
+                    if self._on_start is not None:
+                        self._on_start(spec["id"], dict(where))
+                elif kind == "step":
+                    on_step(int(event["step"]), int(event["steps"]))
+                elif kind == "file":
+                    _write(out_dir, event["name"], event["data"])
+                elif kind == "done":
+                    result = dict(event["result"])
+                elif kind == "error":
+                    err = UsageError if event["code"] == "invalid_request" else T2VError
+                    raise err(str(event["message"]))
+        except BaseException as e:
+            if not isinstance(e, REPLICA_LOST):
+                stream.cancel()  # the job was stopped here (deleted, draining) or failed: free the replica
+            raise
+        if result is None:
+            raise T2VError(f"replica {where.get('id', '?')} ended the job without a result")
+        return result
+
+    def close(self) -> None:
+        """Remove the application (its replicas give their GPUs back); leave the cluster."""
+        try:
+            serve.delete(self.options.app_name)
+        finally:
+            ray.shutdown()
+
+
+def _write(out_dir: Path, name: str, data: bytes) -> None:
+    if name not in RESULT_FILES:  # names come from the replica: only the three we expect, never a path
+        raise T2VError(f"replica sent an unexpected file {name!r}")
+    tmp = out_dir / f".{name}.tmp"
+    tmp.write_bytes(data)
+    os.replace(tmp, out_dir / name)
