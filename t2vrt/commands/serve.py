@@ -63,14 +63,37 @@ def parse_age(value: str) -> int | None:
 @click.option("--drain-timeout", type=float, default=60.0, show_default=True,
               help="On SIGTERM, seconds to let the running job finish before requeueing it.")
 @click.option("--access-log", is_flag=True, help="Log every request.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="Run jobs on Ray Serve: 'auto' (the cluster on this machine), HOST:PORT or ray://HOST:PORT; "
+                   "alone: RAY_ADDRESS, else the cluster `ray start` made here, else a new local one.")
+@click.option("--replicas", default="1", show_default=True, metavar="N|MIN:MAX",
+              help="With --ray: video replicas (one GPU each), or autoscaling bounds.")
+@click.option("--replica-gpus", type=float, default=1.0, show_default=True, help="With --ray: GPUs per replica.")
+@click.option("--replica-cpus", type=float, default=1.0, show_default=True,
+              help="With --ray: CPUs per replica (and ONNX Runtime threads on the CPU).")
+@click.option("--models-per-replica", type=int, default=None,
+              help="With --ray: bundles one replica keeps loaded (default: all).")
+@click.option("--build-engines", is_flag=True,
+              help="With --ray: a replica builds TensorRT engines for its GPU when the bundle has none.")
 @reports_errors
 def command(bundles: tuple[str, ...], host: str, port: int, state: Path, api_key: str | None, backend: str,
             max_queue: int, max_upload_mb: int, max_prompt_chars: int, keep: str, drain_timeout: float,
-            access_log: bool) -> None:
+            access_log: bool, ray_address: str | None, replicas: str, replica_gpus: float, replica_cpus: float,
+            models_per_replica: int | None, build_engines: bool) -> None:
     """Serve bundles over HTTP: a web page at / and OpenAI's Videos API at /v1/videos."""
+    from t2vrt.serve.ray_config import RayOptions, parse_replicas
     from t2vrt.serve.server import ServeConfig, serve
 
+    ray = None
+    if ray_address is not None:
+        low, high = parse_replicas(replicas)
+        ray = RayOptions(address=ray_address or None, replicas=low, max_replicas=high, gpus_per_replica=replica_gpus,
+                         cpus_per_replica=replica_cpus, models_per_replica=models_per_replica,
+                         build_engines=build_engines)
+    elif replicas != "1" or replica_gpus != 1.0 or replica_cpus != 1.0 or models_per_replica or build_engines:
+        raise UsageError("--replicas, --replica-gpus, --replica-cpus, --models-per-replica and --build-engines "
+                         "need --ray")
     serve(ServeConfig(bundles=parse_bundles(bundles), host=host, port=port, state=state, api_key=api_key or None,
                       backend=backend, max_queue=max_queue, max_upload_mb=max_upload_mb,
                       max_prompt_chars=max_prompt_chars, keep_seconds=parse_age(keep), drain_timeout=drain_timeout,
-                      access_log=access_log))
+                      access_log=access_log, ray=ray))

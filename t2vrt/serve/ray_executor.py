@@ -12,9 +12,7 @@ the job with both reasons. The job's result record names the replica that made i
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -25,7 +23,6 @@ import ray
 from ray import exceptions as rex
 from ray import serve
 
-import t2vrt
 from t2vrt.errors import T2VError, UsageError
 from t2vrt.manifest import Manifest, load_manifest
 from t2vrt.runtime import samplers
@@ -96,11 +93,9 @@ class RayExecutor:
         serve.start(proxy_location="Disabled")
         args = ({name: str(Path(p).absolute()) for name, p in bundles.items()}, backend,
                 models_per_replica(o, len(bundles)), max(1, round(o.cpus_per_replica)), o.build_engines)
-        # The same t2vrt and the same arguments keep the running replicas (an ingress restarted after a crash finds
-        # its engines still loaded); anything else is a new version, which Serve rolls out replica by replica.
-        version = hashlib.sha256(json.dumps([t2vrt.__version__, args, o.actor_options()]).encode()).hexdigest()[:16]
-        app = deployment().options(version=version, ray_actor_options=o.actor_options(),
-                                   **o.replica_count()).bind(*args)
+        # Serve gives every serve.run a new version: an ingress restarted after a crash rolls the replicas over,
+        # which also ends the requests the dead ingress left running on them.
+        app = deployment().options(ray_actor_options=o.actor_options(), **o.replica_count()).bind(*args)
         handle = serve.run(app, name=o.app_name, route_prefix=None)
         return cls(manifests, handle, o, on_start)
 
@@ -136,7 +131,7 @@ class RayExecutor:
                 lost.append({**where, "error": _first_line(e)})
                 log.warning("job %s: replica %s lost (%s)", job["id"], where.get("id", "?"), lost[-1]["error"])
                 continue
-            result["replica"] = where
+            result["replica"] = {**where, "ran_at": result.pop("ran_at", None)}  # [start, end] on its clock
             if lost:
                 result["replicas_lost"] = lost
             return result

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import traceback
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -109,7 +110,9 @@ def run_job(loaded: Loaded, job: dict[str, Any], input_data: bytes | None,
             spec["input"] = {"kind": job["input"]["kind"], "path": str(path)}
         out = Path(tmp) / "out"
         out.mkdir()
+        began = time.time()
         result = loaded.executor.run(spec, out, on_step)
+        result["ran_at"] = [round(began, 3), round(time.time(), 3)]  # this replica's clock: when it held the job
         files = {name: (out / name).read_bytes() for name in RESULT_FILES if (out / name).is_file()}
     result["backend_note"] = loaded.note
     return files, result

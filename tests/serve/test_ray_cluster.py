@@ -1,0 +1,164 @@
+"""`t2vrt serve --ray` on a real local Ray cluster: `ray start --head` with two logical GPUs and two CPU replicas of
+the tiny bundle, the real server process in front. Jobs spread over both replicas (the job record names the replica
+and its GPU), a replica killed mid-job costs that job one retry, a second death fails it with the reason, and a
+kill -9 of the server resumes from the store. Every wait polls with a deadline; the cluster is stopped at the end.
+
+The tests of this module share one cluster and one server, in file order (the last one kills both replicas).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import signal
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from t2vrt.serve.process import ServerProcess, wait_for
+
+pytest.importorskip("ray.serve", reason="the ray extra is not installed")
+
+from t2vrt.serve.ray_cluster import LocalCluster  # noqa: E402
+
+DONE = ("completed", "failed")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    c = LocalCluster(gpus=2, cpus=2, object_store_mb=100)
+    c.start(timeout=180)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def server(cluster: LocalCluster, tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    srv = ServerProcess([f"tiny={tiny_bundle}"], tmp_path_factory.mktemp("ray-state"),
+                        "--ray", cluster.address, "--replicas", "2", "--replica-cpus", "1", "--drain-timeout", "10")
+    srv.start(timeout=240)
+    try:
+        yield srv
+    finally:
+        try:
+            srv.stop(timeout=60)
+        finally:
+            srv.kill()
+
+
+@pytest.fixture
+def http(server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+def submit(http: httpx.Client, n: int, steps: int) -> list[str]:
+    def one(seed: int) -> str:
+        r = http.post("/v1/videos", json={"prompt": f"a cat {seed}", "steps": steps, "seed": seed})
+        assert r.status_code == 200, r.text
+        return str(r.json()["id"])
+
+    with ThreadPoolExecutor(n) as pool:  # n clients at once
+        return list(pool.map(one, range(n)))
+
+
+def video(http: httpx.Client, vid: str) -> dict[str, Any]:
+    r = http.get(f"/v1/videos/{vid}")
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def wait_all(http: httpx.Client, ids: list[str], timeout: float = 150) -> list[dict[str, Any]]:
+    def check() -> list[dict[str, Any]] | None:
+        vs = [video(http, v) for v in ids]
+        return vs if all(v["status"] in DONE for v in vs) else None
+
+    return wait_for(check, timeout, interval=0.2, what=f"{len(ids)} jobs to finish")
+
+
+def running_on(http: httpx.Client, vid: str, not_replica: str | None = None, step: int = 1) -> dict[str, Any] | None:
+    """The live replica info of `vid` once it has made `step` steps there (on another replica than `not_replica`)."""
+    v = video(http, vid)
+    live = v["t2vrt"].get("live") or {}
+    where = live.get("replica")
+    if v["status"] == "in_progress" and where and where["id"] != not_replica and live.get("step", 0) >= step:
+        return dict(where)
+    return None
+
+
+def completions(log: str) -> collections.Counter[str]:
+    return collections.Counter(re.findall(r"completed (video_[0-9a-f]+) in", log))
+
+
+def test_jobs_spread_over_both_replicas_one_at_a_time(http: httpx.Client) -> None:
+    ids = submit(http, 6, steps=6)
+    listed = http.get("/v1/videos", params={"limit": 100}).json()["data"]
+    mine = [v["status"] for v in listed if v["id"] in ids]
+    assert mine.count("in_progress") <= 2 and mine.count("queued") >= 1  # 2 replicas take 2; the rest wait
+    vs = wait_all(http, ids)
+    assert [v["status"] for v in vs] == ["completed"] * 6, [v["error"] for v in vs]
+    replicas = {v["t2vrt"]["replica"]["id"]: v["t2vrt"]["replica"] for v in vs}
+    assert len(replicas) == 2  # both replicas worked
+    assert sorted(r["gpus"][0] for r in replicas.values()) == ["0", "1"]  # each holds its own (logical) GPU
+    assert all(v["t2vrt"]["replicas_lost"] == [] for v in vs)
+    for rid in replicas:  # max_ongoing_requests=1: a replica's jobs never overlap
+        spans = sorted(v["t2vrt"]["replica"]["ran_at"] for v in vs if v["t2vrt"]["replica"]["id"] == rid)
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans
+    for v in vs:
+        r = http.get(f"/v1/videos/{v['id']}/content")
+        assert r.status_code == 200 and r.content[4:8] == b"ftyp"
+
+
+def test_replica_killed_mid_job_costs_one_retry(http: httpx.Client, server: ServerProcess) -> None:
+    ids = submit(http, 4, steps=24)
+    victim_job, victim = wait_for(
+        lambda: next(((v, w) for v in ids if (w := running_on(http, v, step=2))), None), 90, interval=0.1,
+        what="a job running on a replica",
+    )
+    os.kill(int(victim["pid"]), signal.SIGKILL)  # what the OOM killer does
+    vs = {v["id"]: v for v in wait_all(http, ids, timeout=180)}
+    assert all(v["status"] == "completed" for v in vs.values()), [v["error"] for v in vs.values()]
+    hit = vs[victim_job]["t2vrt"]
+    assert [x["id"] for x in hit["replicas_lost"]] == [victim["id"]]
+    assert "Error" in hit["replicas_lost"][0]["error"]
+    assert hit["replica"]["id"] != victim["id"]  # the retry ran elsewhere (the other replica or the replacement)
+    assert all(vs[j]["t2vrt"]["replicas_lost"] == [] for j in ids if j != victim_job)
+    counts = completions(server.log)
+    assert all(counts[j] == 1 for j in ids), counts  # no job completed twice
+
+
+def test_server_killed_mid_job_resumes_from_the_store(http: httpx.Client, server: ServerProcess) -> None:
+    ids = submit(http, 3, steps=16)
+    wait_for(lambda: any(running_on(http, v) for v in ids), 90, interval=0.1, what="a job running")
+    server.kill()  # kill -9 of the ingress; the replicas (detached Serve app) live on
+    before = server.log
+    server.start(timeout=240)  # same --state, same cluster: finds the application and the queue
+    assert "queued again after a crash" in server.log
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        vs = wait_all(c, ids, timeout=180)
+    assert [v["status"] for v in vs] == ["completed"] * 3, [v["error"] for v in vs]
+    counts = completions(before) + completions(server.log)
+    assert all(counts[j] == 1 for j in ids), counts
+
+
+def test_second_replica_death_fails_the_job_with_the_reason(server: ServerProcess) -> None:
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        [vid] = submit(http, 1, steps=80)
+        first = wait_for(lambda: running_on(http, vid, step=1), 90, interval=0.1, what="the job running")
+        os.kill(int(first["pid"]), signal.SIGKILL)
+        second = wait_for(lambda: running_on(http, vid, not_replica=first["id"], step=1), 90, interval=0.1,
+                          what="the retry running on another replica")
+        os.kill(int(second["pid"]), signal.SIGKILL)
+        [v] = wait_all(http, [vid], timeout=60)
+    assert v["status"] == "failed"
+    assert v["error"]["code"] == "generation_failed"
+    msg = v["error"]["message"]
+    assert "died 2 times" in msg and first["id"] in msg and second["id"] in msg, msg
+    assert "\n" not in msg
