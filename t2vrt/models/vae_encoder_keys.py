@@ -126,7 +126,7 @@ def original_to_diffusers(sd: Mapping[str, Tensor], cfg: VAEConfig) -> dict[str,
     return out
 
 
-def lightning_to_ours(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def lightning_to_ours(state_dict: Mapping[str, Tensor], cfg: VAEConfig | None = None) -> dict[str, Tensor]:
     """The original VQGAN_autoencoder.pth (a Lightning checkpoint, or its ['state_dict']) -> ours.
 
     Keeps the 'first_stage_model.' keys, strips that prefix, keeps encoder.* and quant_conv.*.
