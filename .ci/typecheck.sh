@@ -43,4 +43,4 @@ PY
 export MYPYPATH="$PWD/$STUBS${MYPYPATH:+:$MYPYPATH}"
 exec "$PYTHON" -m mypy --config-file mypy.ini "$@" t2vrt/engine t2vrt/runtime/tensorrt_backend.py t2vrt/runtime/cuda.py t2vrt/commands/plan.py t2vrt/commands/build.py \
     t2vrt/config t2vrt/components.py t2vrt/manifest.py t2vrt/runtime/samplers.py t2vrt/runtime/denoiser.py \
-    t2vrt/runtime/backends.py
+    t2vrt/runtime/backends.py t2vrt/safety

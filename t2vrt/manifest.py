@@ -22,6 +22,8 @@ from t2vrt.components import COMPONENTS, REQUIRED
 from t2vrt.config import ConfigError, Defaults, ModelConfig, ScheduleConfig
 from t2vrt.errors import UsageError
 from t2vrt.iospec import IOSpec
+from t2vrt.safety.jsonfile import read_json
+from t2vrt.safety.paths import confine
 from t2vrt.safety import integrity
 from t2vrt.safety.jsonfile import read_json
 from t2vrt.safety.paths import confine

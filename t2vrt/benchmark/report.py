@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from t2vrt.errors import UsageError
+
 RESULTS_DIR = Path("benchmarks") / "results"
 
 
@@ -83,11 +85,39 @@ def stamp() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def check_out_dir(out_dir: Path) -> Path:
+    """`bench --out`: a directory (existing or creatable) where records are added; checked before minutes of work.
+    Records never replace a file (see free_name); a file in the way of the directory is refused."""
+    from t2vrt.safety.atomic import check_target
+
+    target = check_target(out_dir, "--out")
+    probe = target
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"--out {out_dir}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out_dir}: {probe} is not writable")
+    return target
+
+
+def free_name(path: Path) -> Path:
+    """`path`, or path-2, path-3, ... when a file of that name is already there: a record never replaces a file."""
+    n, candidate = 1, path
+    while os.path.lexists(candidate) or os.path.lexists(candidate.with_suffix(".png")):
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
+
+
 def write_json(path: Path, record: Mapping[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    from t2vrt.safety.atomic import staged_file
+    from t2vrt.safety.diskfull import reraise_disk_full
+
+    with reraise_disk_full(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with staged_file(path, ".json", "--out") as tmp:  # temp name then rename; a full disk is "disk full at PATH"
+        tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
     return path
 
 
@@ -156,7 +186,10 @@ def plot_stages(path: Path, stages: Mapping[str, Mapping[str, float | None]], ti
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
+    from t2vrt.safety.atomic import staged_file
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with staged_file(path, ".png", "--out") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path

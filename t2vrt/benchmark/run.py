@@ -247,7 +247,8 @@ def stage_means(record: dict[str, Any]) -> dict[str, dict[str, float | None]]:
 def write_outputs(record: dict[str, Any], out_dir: Path, plot: bool = True) -> dict[str, Path]:
     """<out>/bench-<model>-<backend>-<date>.json (+ .png): the paths written."""
     stamp = record["date"].replace(":", "").replace("-", "")
-    base = out_dir / f"bench-{record['bundle']['model']}-{record['ours'].removeprefix('t2vrt-')}-{stamp}"
+    base = report.free_name(out_dir / f"bench-{record['bundle']['model']}-{record['ours'].removeprefix('t2vrt-')}-{stamp}.json")
+    base = base.with_suffix("")
     paths = {"json": report.write_json(base.with_suffix(".json"), record)}
     if plot:
         try:

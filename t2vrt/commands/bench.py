@@ -37,6 +37,7 @@ def command(bundle: Path, backend: str, baseline: str, frames: int | None, heigh
     from t2vrt.benchmark import report
     from t2vrt.benchmark.run import BenchOptions, run_bench, stage_means, write_outputs
 
+    report.check_out_dir(out_dir)  # before minutes of benchmarking
     opts = BenchOptions(bundle=bundle, backend=backend, baseline=baseline, frames=frames, height=height, width=width,
                         steps=steps, warmup=warmup, repeat=repeat, seed=seed, threads=threads)  # fmt: skip
     record = run_bench(opts, progress=(lambda s: None) if quiet else (lambda s: click.echo(f"  {s}", err=True)))

@@ -20,12 +20,15 @@ def describe_bundle(bundle: Path) -> dict[str, Any]:
     """A bundle's manifest summary and its TensorRT engines on disk (torch-free)."""
     from t2vrt.config import to_dict
     from t2vrt.engine.store import bundle_engine_summary
-    from t2vrt.manifest import load_manifest
+    from t2vrt.manifest import load_manifest, verify_files
 
     m = load_manifest(bundle)
+    hashed = verify_files(m)  # every graph and data file against the manifest's sha256 (UsageError if one differs)
     return {
         "kind": "bundle",
         "bundle": str(bundle),
+        "verified": {"files": sum(1 + bool(f.data_sha256) for c in m.components.values() for f in c.files.values()),
+                     "hashed_now": len(hashed)},
         "name": m.model_name,
         "precisions": m.precisions,
         "defaults": to_dict(m.defaults),
@@ -40,7 +43,9 @@ def describe_bundle(bundle: Path) -> dict[str, Any]:
 
 
 def format_bundle(d: dict[str, Any]) -> str:
-    lines = [f"bundle:  {d['bundle']}", f"name:    {d['name']}", f"precisions: {', '.join(d['precisions']) or 'none'}"]
+    v = d["verified"]
+    lines = [f"bundle:  {d['bundle']}", f"verified: sha256 of {v['files']} files match the manifest ({v['hashed_now']} hashed now, the rest unchanged since last checked)",
+             f"name:    {d['name']}", f"precisions: {', '.join(d['precisions']) or 'none'}"]
     for name, files in d["components"].items():
         for p, f in files.items():
             err = f["parity"].get("rel_l2")

@@ -16,11 +16,13 @@ from typing import Any, TypeVar
 
 import torch
 
-from t2vrt.errors import T2VError
+from t2vrt.errors import T2VError, UsageError
 from t2vrt.models.source import Source, read_json_object
 from t2vrt.config import PRESETS, ModelConfig, ScheduleConfig, preset
 from t2vrt.models.weights import PartReader
 from t2vrt.config.vae import VAEConfig
+from t2vrt.config.checks import check_model_config
+from t2vrt.config.parse import ConfigError
 
 Tensor = torch.Tensor
 StateDict = dict[str, Tensor]
@@ -44,7 +46,11 @@ def config_of(source: Source, read: PartReader | None = None) -> ModelConfig:
     if zeroscope and name == "ms-1.7b":
         name = "zeroscope-576w"  # the same architecture: the name picks the defaults
     defaults = preset(name or "ms-1.7b").defaults  # a preset's architecture gets its defaults (tiny: small ones)
-    return ModelConfig(name or Path(str(source.hint or source.root)).name, unet, text, vae, schedule, defaults)
+    cfg = ModelConfig(name or Path(str(source.hint or source.root)).name, unet, text, vae, schedule, defaults)
+    try:  # every size sane before a module is built (a checkpoint's config is untrusted input)
+        return check_model_config(cfg, f"{source.layout} checkpoint config")
+    except ConfigError as e:
+        raise UsageError(f"{source.root}: {e}") from None
 
 
 def _guard(what: str, file: Path | None, fn: Callable[..., T], *args: Any) -> T:

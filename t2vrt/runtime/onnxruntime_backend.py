@@ -16,7 +16,7 @@ import numpy as np
 
 from t2vrt.errors import T2VError, UsageError
 from t2vrt.iospec import IOSpec
-from t2vrt.manifest import Manifest
+from t2vrt.manifest import Manifest, verify_files
 from t2vrt.runtime.backend import Hints
 
 
@@ -152,6 +152,7 @@ class OnnxRuntimeBackend:
             for p in (f.path, f.data):
                 if p is not None and not p.is_file():
                     raise UsageError(f"bundle file {p} is missing: re-export the bundle")
+            verify_files(self.manifest, [component], [self.precision])  # sha256, once per file version (cached)
             session = make_session(f.path, self.device, self.threads, gpu_mem_limit=self.gpu_mem_limit)
             self._runners[component] = OrtRunner(component, c.io, session)
         return self._runners[component]

@@ -31,6 +31,7 @@ from t2vrt.errors import T2VError, UsageError
 from t2vrt.iospec import IOSpec
 from t2vrt.manifest import load_manifest
 from t2vrt.runtime import cuda
+from t2vrt.safety.paths import confine
 from t2vrt.runtime.backend import Hints
 
 if TYPE_CHECKING:
@@ -78,7 +79,8 @@ def _engines_problem(bundle: Path, target: store.Target) -> str | None:
     plan = store.read_plan(bundle, target)
     files = (plan or {}).get("engine_files", {})
     missing = [c for c in ("text_encoder", "unet", "vae_decoder") if c not in files]
-    if missing or not all((store.target_dir(bundle, target) / f).is_file() for f in files.values()):
+    tdir = store.target_dir(bundle, target)
+    if missing or not all(confine(tdir, f, "engine file", str(tdir / "plan.json")).is_file() for f in files.values()):
         return f"the TensorRT engines in {bundle} for {here} are incomplete ({missing or 'files missing'}): {_rebuild(bundle)}"
     return None
 
@@ -273,7 +275,7 @@ class TensorRTBackend:
         if component in self.runners:
             return self.runners[component]
         tdir = store.target_dir(self.bundle, self.target)
-        path = tdir / self.files[component]
+        path = confine(tdir, self.files[component], f"{component} engine file", str(tdir / "plan.json"))
         meta = store.read_json(path.with_suffix(".json"))
         if meta is None or store.Target.from_json(meta.get("target", {"gpu": "", "compute_capability": "", "tensorrt": ""})) != self.target:
             raise T2VError(f"{path} was not built for {self.target.describe()}: {_rebuild(self.bundle)}")

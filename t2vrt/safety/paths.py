@@ -2,8 +2,8 @@
 
 Refused: anything that is not a non-empty string, absolute paths (POSIX or Windows style), `..` anywhere, backslashes,
 NUL bytes, and any path that leaves the root once symlinks are resolved (a symlink inside the bundle pointing out of
-it). Symlinks that stay inside the root are fine. The returned path is the resolved one, so what is checked is what
-is opened.
+it). Symlinks that stay inside the root are fine. The returned path is `root / relative` as given (so it stays
+relative to the caller's root, e.g. for writing it back into a manifest); the check is made on the resolved path.
 """
 
 from __future__ import annotations
@@ -39,4 +39,4 @@ def confine(root: str | os.PathLike[str], relative: object, what: str = "path", 
     resolved = Path(os.path.realpath(base / relative))
     if resolved != base and base not in resolved.parents:
         raise refuse(f"leaves the bundle through a symlink (it resolves to {resolved})")
-    return resolved
+    return Path(root) / relative
