@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
+import psutil  # type: ignore[import-untyped]
 
 _READY = "Ray runtime started"
 
@@ -84,7 +84,7 @@ class LocalCluster:
                 except subprocess.TimeoutExpired:
                     self.proc.kill()
                     self.proc.wait(30)
-            gone, alive = psutil.wait_procs(tree, timeout=10)
+            _, alive = psutil.wait_procs(tree, timeout=10)
             for p in alive:
                 try:
                     p.kill()

@@ -9,6 +9,7 @@ The tests of this module share one cluster and one server, in file order (the la
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 import re
 import signal
@@ -24,7 +25,7 @@ from t2vrt.serve.process import ServerProcess, wait_for
 
 pytest.importorskip("ray.serve", reason="the ray extra is not installed")
 
-from t2vrt.serve.ray_cluster import LocalCluster  # noqa: E402
+from t2vrt.serve.ray_cluster import LocalCluster
 
 DONE = ("completed", "failed")
 
@@ -48,7 +49,7 @@ def server(cluster: LocalCluster, tiny_bundle: Path, tmp_path_factory: pytest.Te
         yield srv
     finally:
         try:
-            srv.stop(timeout=60)
+            assert srv.stop(timeout=60) == 0, srv.log[-2000:]  # SIGTERM: drained, application deleted
         finally:
             srv.kill()
 
@@ -110,7 +111,7 @@ def test_jobs_spread_over_both_replicas_one_at_a_time(http: httpx.Client) -> Non
     assert all(v["t2vrt"]["replicas_lost"] == [] for v in vs)
     for rid in replicas:  # max_ongoing_requests=1: a replica's jobs never overlap
         spans = sorted(v["t2vrt"]["replica"]["ran_at"] for v in vs if v["t2vrt"]["replica"]["id"] == rid)
-        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), spans
     for v in vs:
         r = http.get(f"/v1/videos/{v['id']}/content")
         assert r.status_code == 200 and r.content[4:8] == b"ftyp"

@@ -107,7 +107,7 @@ def test_pool_runs_one_job_per_worker_and_each_job_once(tmp_path: Path) -> None:
         running = live.running()
         assert sorted(running) == sorted(ex.running)  # each worker thread shows its own job
         assert all(live.get(j) is not None and live.get(j)["step"] == 1 for j in running)  # type: ignore[index]
-        assert sum(1 for j in ids if store.get(j).status == "queued") == 3  # type: ignore[union-attr]
+        assert [store.get(j).status for j in ids].count("queued") == 3  # type: ignore[union-attr]
         ex.release.set()
         wait_for(lambda: all(store.get(j).status == "completed" for j in ids), 20,  # type: ignore[union-attr]
                  what="every job completed")
@@ -243,3 +243,31 @@ def test_models_match_the_local_executor(tiny_bundle: Path) -> None:
         assert ex.validate("tiny", "a cat", steps=3) == local.validate("tiny", "a cat", steps=3)
     finally:
         local.close()
+
+
+def test_replica_builds_engines_only_when_tensorrt_can_and_none_fit(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    _ray()
+    import t2vrt.engine.build as build
+    import t2vrt.runtime.tensorrt_backend as trt_backend
+    from t2vrt.serve.ray_replica import build_engines_if_missing
+
+    ran: list[list[str]] = []
+
+    def run(cmd: list[str]) -> int:
+        ran.append(cmd)
+        return 0
+
+    monkeypatch.setattr(build, "tensorrt_missing", lambda: "TensorRT is not installed")
+    assert "no engine build (TensorRT is not installed)" == build_engines_if_missing(tmp_path, run)
+    assert ran == []
+
+    monkeypatch.setattr(build, "tensorrt_missing", lambda: None)
+    monkeypatch.setattr(trt_backend, "why_tensorrt_unavailable", lambda b: None)
+    assert build_engines_if_missing(tmp_path, run) == "engines for this GPU found" and ran == []
+
+    monkeypatch.setattr(trt_backend, "why_tensorrt_unavailable", lambda b: "no TensorRT engines for RTX 4090")
+    assert build_engines_if_missing(tmp_path, run) == "built engines (no TensorRT engines for RTX 4090)"
+    assert ran[0][-3:] == ["t2vrt.cli", "build", str(tmp_path)]
+    with pytest.raises(T2VError, match="building TensorRT engines for this GPU failed"):
+        build_engines_if_missing(tmp_path, lambda cmd: 1)
