@@ -5,7 +5,7 @@ Bundles are multiplexed (`serve.multiplexed`): the request's `model` is the mult
 replica that already holds it, and a replica keeps up to `models_per_replica` of them (least recently used goes).
 `generate` is an async generator, called through a streaming handle: it yields
 
-    {"event": "started", "replica": {...}}          which replica took the job (before its bundle is loaded)
+    {"event": "started", "replica": {...}}          which replica took the job, for which model (before loading)
     {"event": "step", "step": i, "steps": n}        after every denoising step
     {"event": "file", "name": ..., "data": bytes}   video.mp4, thumbnail.png, spritesheet.jpg
     {"event": "done", "result": {...}}              the result record (frames, size, backend, timings)
@@ -138,7 +138,7 @@ class VideoGenerator:
 
     async def generate(self, job: dict[str, Any], input_data: bytes | None = None) -> AsyncIterator[dict[str, Any]]:
         model = serve.get_multiplexed_model_id()
-        yield {"event": "started", "replica": self.whoami()}
+        yield {"event": "started", "replica": {**self.whoami(), "model": model}}
         if model not in self._bundles:
             yield {"event": "error", "code": "invalid_request", "message": f"model {model!r} is not served here"}
             return

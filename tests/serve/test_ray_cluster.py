@@ -42,7 +42,8 @@ def cluster() -> Iterator[LocalCluster]:
 
 @pytest.fixture(scope="module")
 def server(cluster: LocalCluster, tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = ServerProcess([f"tiny={tiny_bundle}"], tmp_path_factory.mktemp("ray-state"),
+    # two model ids (the same files) to see requests routed by `model` to the multiplexed replicas
+    srv = ServerProcess([f"tiny={tiny_bundle}", f"tiny-b={tiny_bundle}"], tmp_path_factory.mktemp("ray-state"),
                         "--ray", cluster.address, "--replicas", "2", "--replica-cpus", "1", "--drain-timeout", "10")
     srv.start(timeout=240)
     try:
@@ -60,9 +61,10 @@ def http(server: ServerProcess) -> Iterator[httpx.Client]:
         yield c
 
 
-def submit(http: httpx.Client, n: int, steps: int) -> list[str]:
+def submit(http: httpx.Client, n: int, steps: int, models: tuple[str, ...] = ("tiny",)) -> list[str]:
     def one(seed: int) -> str:
-        r = http.post("/v1/videos", json={"prompt": f"a cat {seed}", "steps": steps, "seed": seed})
+        body = {"prompt": f"a cat {seed}", "steps": steps, "seed": seed, "model": models[seed % len(models)]}
+        r = http.post("/v1/videos", json=body)
         assert r.status_code == 200, r.text
         return str(r.json()["id"])
 
@@ -99,7 +101,7 @@ def completions(log: str) -> collections.Counter[str]:
 
 
 def test_jobs_spread_over_both_replicas_one_at_a_time(http: httpx.Client) -> None:
-    ids = submit(http, 6, steps=6)
+    ids = submit(http, 6, steps=6, models=("tiny", "tiny-b"))
     listed = http.get("/v1/videos", params={"limit": 100}).json()["data"]
     mine = [v["status"] for v in listed if v["id"] in ids]
     assert mine.count("in_progress") <= 2 and mine.count("queued") >= 1  # 2 replicas take 2; the rest wait
@@ -109,6 +111,7 @@ def test_jobs_spread_over_both_replicas_one_at_a_time(http: httpx.Client) -> Non
     assert len(replicas) == 2  # both replicas worked
     assert sorted(r["gpus"][0] for r in replicas.values()) == ["0", "1"]  # each holds its own (logical) GPU
     assert all(v["t2vrt"]["replicas_lost"] == [] for v in vs)
+    assert [v["t2vrt"]["replica"]["model"] for v in vs] == [v["model"] for v in vs] == ["tiny", "tiny-b"] * 3
     for rid in replicas:  # max_ongoing_requests=1: a replica's jobs never overlap
         spans = sorted(v["t2vrt"]["replica"]["ran_at"] for v in vs if v["t2vrt"]["replica"]["id"] == rid)
         assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), spans
@@ -163,3 +166,29 @@ def test_second_replica_death_fails_the_job_with_the_reason(server: ServerProces
     msg = v["error"]["message"]
     assert "died 2 times" in msg and first["id"] in msg and second["id"] in msg, msg
     assert "\n" not in msg
+
+
+def test_autoscaling_between_bounds(server: ServerProcess, cluster: LocalCluster, tiny_bundle: Path) -> None:
+    """Last: the module's server stops (SIGTERM: drained, its application deleted) and one with --replicas 1:2 takes
+    over the same store; it starts with one replica and gets a second while jobs wait."""
+    assert server.stop(timeout=60) == 0, server.log[-2000:]
+    state = Path(server.args[server.args.index("--state") + 1])
+    auto = ServerProcess([f"tiny={tiny_bundle}"], state, "--ray", cluster.address, "--replicas", "1:2",
+                         "--replica-cpus", "1")
+    auto.start(timeout=240)
+    try:
+        assert "1..2 replicas (autoscaling)" in auto.log
+        seen: list[str] = []
+        with httpx.Client(base_url=auto.url, timeout=30) as http:
+
+            def two_replicas() -> bool:
+                vs = wait_all(http, submit(http, 2, steps=20), timeout=120)
+                assert all(v["status"] == "completed" for v in vs), [v["error"] for v in vs]
+                seen.extend(v["t2vrt"]["replica"]["id"] for v in vs)
+                return len(set(seen)) == 2
+
+            wait_for(two_replicas, 150, interval=0, what="Serve to add a second replica")
+        assert len(set(seen[:2])) == 1  # one replica at first: both first jobs ran on it
+        assert auto.stop(timeout=60) == 0
+    finally:
+        auto.kill()
