@@ -96,7 +96,8 @@ def write_original(root: str | Path, models: Mapping[str, nn.Module], cfg: Model
     })  # fmt: skip
     torch.save(_state(models["unet"]), root / "text2video_pytorch_model.pth")
     torch.save(openclip_state(models["text_encoder"], cfg, gen), root / "open_clip_pytorch_model.bin")
-    save_lightning(lightning_checkpoint(models["vae_decoder"], cfg, gen), root / "VQGAN_autoencoder.pth")
+    save_lightning(lightning_checkpoint(models["vae_decoder"], cfg, gen, models.get("vae_encoder")),
+                   root / "VQGAN_autoencoder.pth")  # fmt: skip
     return root
 
 
@@ -141,10 +142,15 @@ class ModelCheckpointStub:
     _pickle_as = ("pytorch_lightning.callbacks.model_checkpoint", "ModelCheckpoint")
 
 
-def lightning_checkpoint(vae_decoder: nn.Module, cfg: ModelConfig, gen: torch.Generator) -> dict[str, Any]:
+def lightning_checkpoint(
+    vae_decoder: nn.Module, cfg: ModelConfig, gen: torch.Generator, vae_encoder: nn.Module | None = None
+) -> dict[str, Any]:
+    """The release's autoencoder: the encoder side from `vae_encoder` (encoder.* + quant_conv), else a few random
+    encoder keys (which a decoder-only loader must skip), and the decoder."""
     sd = _state(vae_decoder)
     dtype = sd["post_quant_conv.weight"].dtype
-    state = {f"first_stage_model.{k}": v for k, v in (_encoder_side(cfg, gen, dtype) | sd).items()}
+    enc = _state(vae_encoder) if vae_encoder is not None else _encoder_side(cfg, gen, dtype)
+    state = {f"first_stage_model.{k}": v for k, v in (enc | sd).items()}
     state["loss.logvar"] = torch.zeros(())
     return {
         "epoch": 7,
@@ -215,7 +221,7 @@ def write_diffusers(
 ) -> Path:
     """A diffusers TextToVideoSDPipeline directory in `root` (created); weights as safetensors (sharded past
     `max_shard_bytes`, as diffusers does)."""
-    from t2vrt.models import text_encoder_keys, unet3d_keys, vae_keys
+    from t2vrt.models import text_encoder_keys, unet3d_keys, vae_encoder_keys, vae_keys
 
     root = Path(root)
     gen = torch.Generator().manual_seed(seed)
@@ -239,7 +245,11 @@ def write_diffusers(
     vae_sd = vae_keys.original_to_diffusers(_state(models["vae_decoder"]), cfg.vae)
     dtype = next(iter(vae_sd.values())).dtype
     vae_cfg = vae_keys.config_to_diffusers(cfg.vae) | {"_diffusers_version": DIFFUSERS_VERSION}
-    save("vae", "diffusion_pytorch_model.safetensors", vae_cfg, _encoder_side(cfg, gen, dtype) | vae_sd)
+    if "vae_encoder" in models:
+        enc = vae_encoder_keys.original_to_diffusers(_state(models["vae_encoder"]), cfg.vae)
+    else:
+        enc = _encoder_side(cfg, gen, dtype)
+    save("vae", "diffusion_pytorch_model.safetensors", vae_cfg, enc | vae_sd)
     te_cfg = text_encoder_keys.config_to_diffusers(cfg.text_encoder) | {"torch_dtype": "float32"}
     save("text_encoder", "model.safetensors", te_cfg,
          text_encoder_keys.original_to_diffusers(_state(models["text_encoder"]), cfg.text_encoder))  # fmt: skip
