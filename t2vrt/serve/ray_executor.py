@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,15 @@ def connect(address: str | None) -> None:
     """Join the cluster as a driver (address None: RAY_ADDRESS, else the one `ray start` made here, else a new one)."""
     if ray.is_initialized():
         return
+    target = _resolved(address)
+    problem = _unreachable(target)
+    if problem:  # ray.init would retry a missing GCS for minutes
+        found = "" if target == address else f" at {target}"
+        if address in (None, "auto"):
+            found += " (from RAY_ADDRESS or the last `ray start` here)"
+        raise UsageError(f"{f'--ray {address}' if address else '--ray'}: no Ray cluster{found or ' there'} "
+                         f"({problem}); start one with "
+                         f"`ray start --head`, or point --ray at a running one")
     try:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
                  namespace="t2vrt")
@@ -73,6 +83,31 @@ def connect(address: str | None) -> None:
                          f"`ray start --head` or omit the address") from None
     for name in ("ray", "ray.serve"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _resolved(address: str | None) -> str | None:
+    """The HOST:PORT ray.init would dial for `address` (RAY_ADDRESS, the file `ray start` left, or the address)."""
+    try:  # a private helper: if it moves, the probe is skipped and ray.init decides alone
+        from ray._private.services import canonicalize_bootstrap_address
+
+        found: str | None = canonicalize_bootstrap_address(address) if address != "local" else None  # type: ignore[arg-type]
+        return found
+    except Exception:
+        return address
+
+
+def _unreachable(address: str | None, timeout: float = 5.0) -> str | None:
+    """For a HOST:PORT address, why a TCP connection to it fails (None if it connects or is not HOST:PORT)."""
+    if not address or "://" in address or address == "auto" or ":" not in address:
+        return None
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        return None
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None
 
 
 class RayExecutor:

@@ -59,6 +59,19 @@ def test_ray_options_need_ray(tiny_bundle: Path) -> None:
     assert r.exit_code != 0 and "--replicas 3:1" in r.output and "Traceback" not in r.output
 
 
+def test_no_cluster_at_the_address_is_one_line(tiny_bundle: Path, tmp_path: Path) -> None:
+    _ray()
+    from t2vrt.cli import cli
+    from t2vrt.serve.ray_cluster import free_port
+
+    port = free_port()  # nothing listens there
+    r = CliRunner().invoke(cli, ["serve", "--bundle", str(tiny_bundle), "--state", str(tmp_path / "s"), "--port", "0",
+                                 "--ray", f"127.0.0.1:{port}"])
+    assert r.exit_code == 2, r.output
+    assert f"--ray 127.0.0.1:{port}: no Ray cluster" in r.output and "(Connection refused)" in r.output
+    assert "Traceback" not in r.output
+
+
 class _GatedExecutor:
     """Each job blocks until the test releases it; records how many ran at once."""
 
