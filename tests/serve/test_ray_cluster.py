@@ -13,6 +13,8 @@ import itertools
 import os
 import re
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -94,6 +96,16 @@ def running_on(http: httpx.Client, vid: str, not_replica: str | None = None, ste
     if v["status"] == "in_progress" and where and where["id"] != not_replica and live.get("step", 0) >= step:
         return dict(where)
     return None
+
+
+def running_replicas(cluster: LocalCluster) -> int:
+    """RUNNING replicas of the VideoGenerator deployment, asked of Serve from a separate driver process (so this
+    test process never joins the cluster)."""
+    code = (f"import ray; from ray import serve; ray.init(address={cluster.address!r}, logging_level='error', "
+            "log_to_driver=False); d = serve.status().applications['t2vrt'].deployments['VideoGenerator']; "
+            "print(sum(n for s, n in d.replica_states.items() if str(getattr(s, 'value', s)) == 'RUNNING'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    return int(out.stdout.strip().splitlines()[-1])
 
 
 def completions(log: str) -> collections.Counter[str]:
@@ -178,6 +190,7 @@ def test_autoscaling_between_bounds(server: ServerProcess, cluster: LocalCluster
     auto.start(timeout=240)
     try:
         assert "1..2 replicas (autoscaling)" in auto.log
+        assert running_replicas(cluster) == 1  # initial_replicas: one, before any job
         seen: list[str] = []
         with httpx.Client(base_url=auto.url, timeout=30) as http:
 
@@ -188,7 +201,7 @@ def test_autoscaling_between_bounds(server: ServerProcess, cluster: LocalCluster
                 return len(set(seen)) == 2
 
             wait_for(two_replicas, 150, interval=0, what="Serve to add a second replica")
-        assert len(set(seen[:2])) == 1  # one replica at first: both first jobs ran on it
+        assert running_replicas(cluster) == 2
         assert auto.stop(timeout=60) == 0
     finally:
         auto.kill()
