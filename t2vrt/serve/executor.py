@@ -39,14 +39,15 @@ class ModelInfo:
     size_multiple: int
     samplers: tuple[str, ...]
     accepts: frozenset[str]  # the keyword arguments the bundle's Pipeline takes
+    no_init: str | None = None  # why this model cannot start from an input clip or image (None: it can)
 
     @property
     def video_to_video(self) -> bool:
-        return "init_video" in self.accepts
+        return self.no_init is None and "init_video" in self.accepts
 
     @property
     def image_to_video(self) -> bool:
-        return "init_image" in self.accepts or self.video_to_video
+        return self.no_init is None and "init_image" in self.accepts
 
     def to_api(self) -> dict[str, Any]:
         d = self.defaults
@@ -55,7 +56,7 @@ class ModelInfo:
             "t2vrt": {
                 "bundle": self.bundle, "fps": self.fps, "size_multiple": self.size_multiple,
                 "samplers": list(self.samplers), "video_to_video": self.video_to_video,
-                "image_to_video": self.image_to_video,
+                "image_to_video": self.image_to_video, "no_input_reason": self.no_init,
                 "defaults": {"frames": d.num_frames, "width": d.width, "height": d.height,
                              "steps": d.num_inference_steps, "guidance": d.guidance_scale,
                              "negative_prompt": d.negative_prompt, "sampler": d.scheduler},
@@ -86,6 +87,17 @@ def _accepts(pipe: Any) -> frozenset[str]:
     return frozenset(n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
 
 
+def _no_init(pipe: Any, accepts: frozenset[str]) -> str | None:
+    """Why `pipe` cannot do video-to-video / image-to-video, in the runtime's own words; None when it can."""
+    if "init_video" not in accepts:
+        return "this t2vrt runtime's Pipeline takes no init_video"
+    from t2vrt.runtime import v2v
+
+    if v2v.ENCODER not in pipe.manifest.components:
+        return str(v2v.encoder_missing(pipe.manifest))
+    return None
+
+
 def _spritesheet(frames: np.ndarray, most: int = 16) -> np.ndarray:
     """Up to `most` evenly spaced frames in a near-square grid, (rows*h, cols*w, 3)."""
     idx = np.linspace(0, len(frames) - 1, min(most, len(frames))).round().astype(int)
@@ -107,10 +119,11 @@ class LocalExecutor:
         self._models: dict[str, ModelInfo] = {}
         for name, pipe in pipelines.items():
             defaults = resolve_options(pipe.manifest, "")
+            accepts = _accepts(pipe)
             self._models[name] = ModelInfo(
                 id=name, bundle=str(pipe.manifest.bundle), defaults=defaults,
                 fps=int(pipe.manifest.defaults.fps), size_multiple=int(pipe.manifest.model.size_multiple),
-                samplers=tuple(samplers.SAMPLERS), accepts=_accepts(pipe),
+                samplers=tuple(samplers.SAMPLERS), accepts=accepts, no_init=_no_init(pipe, accepts),
             )
 
     @classmethod

@@ -121,9 +121,8 @@ def _check_source(f: dict[str, Any], info: ModelInfo, kind: str | None, remix: b
         return
     if kind == "video" and not info.video_to_video or kind == "image" and not info.image_to_video:
         what = "video-to-video" if kind == "video" else "image-to-video"
-        raise bad(field, f"model {info.id!r} cannot do {what}: this runtime's Pipeline takes no "
-                  f"{'init_video' if kind == 'video' else 'init_image'} (needs t2vrt with video-to-video support "
-                  f"and a bundle with a VAE encoder)")
+        reason = info.no_init or f"its Pipeline takes no {'init_video' if kind == 'video' else 'init_image'}"
+        raise bad(field, f"model {info.id!r} cannot do {what}: {reason}")
     s = f.get("strength")
     if s is not None and not 0.0 < s <= 1.0:
         raise bad("strength", f"strength must be in (0, 1] (1 = ignore the input's content), got {s:g}")

@@ -117,7 +117,11 @@ def serve(c: ServeConfig) -> None:
     app = BodyLimit(ApiKey(create_app(svc), c.api_key), svc.max_upload_bytes + (1 << 20))
     config = uvicorn.Config(app, host=c.host, port=c.port, log_level="warning", access_log=c.access_log,
                             timeout_graceful_shutdown=5, lifespan="off")
-    server = _make_server(config, on_signal=lambda: (svc.closing.set(), worker.begin_drain()))
+    def on_signal() -> None:
+        svc.closing.set()  # SSE streams end, submissions get 503
+        worker.begin_drain()  # no new job starts
+
+    server = _make_server(config, on_signal=on_signal)
 
     # uvicorn re-raises the signal that stopped it once it returns; ignore that one, then a further signal
     # during the drain requeues the running job at once.

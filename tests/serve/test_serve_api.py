@@ -44,7 +44,7 @@ def test_page_and_models(http: httpx.Client) -> None:
     assert models["object"] == "list" and [m["id"] for m in models["data"]] == ["tiny"]
     info = models["data"][0]["t2vrt"]
     assert info["defaults"]["frames"] == 8 and info["fps"] == 8 and info["size_multiple"] == 64
-    assert info["video_to_video"] is False  # tells the page (and clients) before they try
+    assert info["video_to_video"] is True and info["image_to_video"] is True  # the tiny bundle has a VAE encoder
 
 
 def test_a_json_job_streams_progress_and_produces_its_files(http: httpx.Client, tiny_bundle: Path,
@@ -98,7 +98,8 @@ def test_the_openai_sdk_works_unchanged(shared_server: ServerProcess) -> None:
 
     warnings.simplefilter("ignore", DeprecationWarning)  # the SDK marks its Sora methods deprecated
     client = openai.OpenAI(base_url=shared_server.url + "/v1", api_key="unused-on-loopback", max_retries=0)
-    video = client.videos.create_and_poll(prompt="a paper boat", model="tiny", seconds="1", size="64x64",
+    # The SDK's type hints list Sora's seconds and sizes; on the wire both are plain strings.
+    video = client.videos.create_and_poll(prompt="a paper boat", model="tiny", seconds="1", size="64x64",  # type: ignore[arg-type]
                                           extra_body={"steps": 3, "seed": 11}, poll_interval_ms=100)
     assert video.status == "completed" and video.progress == 100 and video.error is None
     data = client.videos.download_content(video.id).read()
@@ -107,13 +108,18 @@ def test_the_openai_sdk_works_unchanged(shared_server: ServerProcess) -> None:
     assert client.videos.retrieve(video.id).prompt == "a paper boat"
     assert video.id in [v.id for v in client.videos.list(limit=5, order="desc").data]
 
-    with pytest.raises(openai.BadRequestError) as e:  # the tiny bundle's runtime has no video-to-video
-        client.videos.remix(video.id, prompt="a paper boat on fire")
-    assert e.value.body["param"] == "remix" and "init_video" in e.value.body["message"]  # type: ignore[index]
-    png = http_png()
-    with pytest.raises(openai.BadRequestError) as e:
-        client.videos.create(prompt="animate this", model="tiny", input_reference=("still.png", png, "image/png"))
-    assert e.value.body["param"] == "input_reference"  # type: ignore[index]
+    # Remix: video-to-video of the finished video with a new prompt (the tiny bundle has a VAE encoder).
+    remix = client.videos.remix(video.id, prompt="a paper boat on fire", extra_body={"strength": 0.5, "steps": 4})
+    assert remix.remixed_from_video_id == video.id and remix.status == "queued"
+    remix = client.videos.poll(remix.id, poll_interval_ms=100)
+    assert remix.status == "completed", remix.error
+    assert remix.size == video.size and remix.seconds == video.seconds  # the source clip's shape
+    assert client.videos.download_content(remix.id).read()[4:8] == b"ftyp"
+    # Image-to-video from an uploaded still, as the SDK uploads it (multipart file).
+    still = client.videos.create(prompt="animate this", model="tiny", input_reference=("still.png", http_png(), "image/png"),
+                                 extra_body={"steps": 2, "hold_frames": 2})
+    still = client.videos.poll(still.id, poll_interval_ms=100)
+    assert still.status == "completed", still.error
     with pytest.raises(openai.BadRequestError) as e:
         client.videos.create(prompt="x", model="tiny", size="720x1280")  # Sora's sizes are not multiples of 64
     assert e.value.body["param"] == "size" and "multiple of 64" in e.value.body["message"]  # type: ignore[index]
@@ -193,3 +199,19 @@ def test_list_pages_in_both_orders(http: httpx.Client) -> None:
     asc = http.get("/v1/videos", params={"limit": 100, "order": "asc"}).json()["data"]
     listed = [v["id"] for v in asc]
     assert listed[-3:] == ids and len(listed) == len(set(listed))
+
+
+def test_an_uploaded_clip_is_restyled(http: httpx.Client, shared_server: ServerProcess, wait_status: Any) -> None:
+    """input_reference as a video (multipart): video-to-video with `strength`; the stored upload has a server name."""
+    src = http.post("/v1/videos", json={"prompt": "source", "steps": 2}).json()
+    wait_status(http, src["id"], ("completed",), 60)
+    clip = http.get(f"/v1/videos/{src['id']}/content").content
+    r = http.post("/v1/videos", data={"prompt": "restyled", "strength": "0.7", "steps": "4"},
+                  files={"input_reference": ("../../evil.sh", clip, "application/octet-stream")})
+    assert r.status_code == 200, r.text
+    v = r.json()
+    assert v["t2vrt"]["parameters"]["input"] == "video" and v["t2vrt"]["parameters"]["strength"] == 0.7
+    uploads = _state(shared_server) / "uploads"
+    assert (uploads / f"{v['id']}.mp4").is_file() and not list(uploads.parent.rglob("evil*"))
+    done = wait_status(http, v["id"], ("completed", "failed"), 60)
+    assert done["status"] == "completed", done["error"]

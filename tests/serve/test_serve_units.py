@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ def _params(prompt: str = "p") -> dict[str, Any]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> JobStore:
+def store(tmp_path: Path) -> Iterator[JobStore]:
     s = JobStore(tmp_path / "jobs.sqlite3")
     yield s
     s.close()
@@ -198,6 +199,12 @@ class FakeExecutor:
 
         kw = {k: v for k, v in pipeline_kwargs(given).items() if k not in V2V_KWARGS}
         return resolve_options(self.manifest, prompt, **kw)
+
+    def run(self, job: dict[str, Any], out_dir: Path, on_step: Any) -> dict[str, Any]:
+        raise AssertionError("request parsing never runs a job")
+
+    def close(self) -> None:
+        pass
 
 
 def test_params_use_the_cli_messages_and_name_the_field(tiny_bundle: Path) -> None:
