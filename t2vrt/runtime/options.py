@@ -10,6 +10,7 @@ import numpy as np
 from t2vrt.errors import UsageError
 from t2vrt.manifest import Manifest
 from t2vrt.runtime import samplers
+from t2vrt.runtime.backend import Hints
 
 # Past ~30 the video saturates; the bound keeps uncond + g * (cond - uncond) far from float32's 3.4e38 for any eps a
 # working UNet gives (t2vrt.safety.finite blames the guidance if it overflows anyway).
@@ -37,8 +38,12 @@ class GenerateOptions:
         return self.guidance_scale != 1.0
 
 
-def resolve_options(manifest: Manifest, prompt: str, **given: object) -> GenerateOptions:
-    """Fill unset (None) fields from the manifest's defaults and validate everything against the bundle."""
+def resolve_options(manifest: Manifest, prompt: str, hints: Hints | None = None, **given: object) -> GenerateOptions:
+    """Fill unset (None) fields from the manifest's defaults and validate everything against the bundle.
+
+    `given` is what the caller chose; `hints` (the backend's memory choices) fill guidance_batch and vae_chunk only
+    where the caller left them unset, and are never mistaken for a choice: an explicit guidance batch 2 for an
+    unguided sampler is an error, a backend's hint of 2 is not (such a run is one batch-1 UNet call per step)."""
     d = manifest.defaults
     base = GenerateOptions(
         prompt=prompt, negative_prompt=d.negative_prompt, num_frames=d.num_frames, height=d.height, width=d.width,
@@ -50,7 +55,25 @@ def resolve_options(manifest: Manifest, prompt: str, **given: object) -> Generat
         raise TypeError(f"unknown generation option(s): {', '.join(unknown)}")
     opts = replace(base, **values)  # type: ignore[arg-type]
     validate(opts, manifest)
+    guided = samplers.SAMPLERS[opts.scheduler].guided
+    if "guidance_batch" in values:
+        check_guidance_batch(opts, guided)
+    else:
+        hinted = hints.guidance_batch if hints is not None else None
+        opts = replace(opts, guidance_batch=1 if not guided else hinted or opts.guidance_batch)
+    if "vae_chunk" not in values and hints is not None and hints.vae_chunk is not None:
+        opts = replace(opts, vae_chunk=hints.vae_chunk)
+    validate(opts, manifest)  # a backend's hint is checked like a choice
     return opts
+
+
+def check_guidance_batch(o: GenerateOptions, guided: bool) -> None:
+    """A guidance batch the caller chose: 2 (cond + uncond in one call) means nothing to an unguided sampler."""
+    if not guided and o.guidance_batch == 2:
+        raise UsageError(
+            f"guidance batch 2 (cond + uncond in one UNet call) does not apply to the {o.scheduler} sampler: it runs "
+            "one unguided batch-1 UNet pass per step (a few-step distillation); leave --guidance-batch unset"
+        )
 
 
 def validate(o: GenerateOptions, manifest: Manifest) -> None:

@@ -112,8 +112,7 @@ class Pipeline:
         o = resolve_options(
             self.manifest, prompt, negative_prompt=negative_prompt, num_frames=num_frames, height=height, width=width,
             num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, eta=eta, seed=seed,
-            scheduler=scheduler, guidance_batch=guidance_batch or hints.guidance_batch,
-            vae_chunk=vae_chunk if vae_chunk is not None else hints.vae_chunk,
+            scheduler=scheduler, guidance_batch=guidance_batch, vae_chunk=vae_chunk, hints=hints,
         )
         rng = np.random.default_rng(o.seed)
         shape = self.manifest.model.latent_shape(o.num_frames, o.height, o.width)
