@@ -157,3 +157,61 @@ def test_bench_on_a_missing_bundle_is_a_usage_error(tmp_path: Path) -> None:
 
     res = CliRunner().invoke(cli, ["bench", str(tmp_path / "nope"), "--out", str(tmp_path)])
     assert res.exit_code == 2 and "not a directory" in res.output
+
+
+def test_bench_samplers_side_by_side(tiny_bundle: Path, tmp_path: Path) -> None:
+    """--samplers ddim:3,lcm:2: one record, a column per sampler, UNet calls/passes counted at the backend."""
+    from t2vrt.benchmark.compare import STAGES
+    from t2vrt.cli import cli
+    from t2vrt.manifest import load_manifest
+
+    out = tmp_path / "cmp"
+    args = ["bench", str(tiny_bundle), "--backend", "onnxruntime-cpu", "--samplers", "ddim:3,lcm:2", "--frames", "2",
+            "--warmup-steps", "1", "--repeat", "1", "--out", str(out), "--no-plot", "-q"]  # fmt: skip
+    res = CliRunner().invoke(cli, args)
+    print(res.output)
+    assert res.exit_code == 0, res.output
+    (jpath,) = out.glob("bench-tiny-onnxruntime-cpu-samplers-*.json")
+    (mpath,) = out.glob("bench-tiny-onnxruntime-cpu-samplers-*.md")
+    rec = json.loads(jpath.read_text())
+    assert missing_figures(rec) == [] and rec["samplers"] == ["ddim:3", "lcm:2"]
+    assert "baseline" not in rec and set(rec["contenders"]) == {"ddim:3", "lcm:2"}
+    g = load_manifest(tiny_bundle).defaults.guidance_scale
+    assert g != 1.0  # the tiny bundle's DDIM is guided: two videos per step
+    ddim, lcm = rec["contenders"]["ddim:3"], rec["contenders"]["lcm:2"]
+    assert ddim["sampler"] == {"name": "ddim", "steps": 3, "guidance_scale": g, "guided": True, "guidance_batch": 2,
+                               "negative_prompt": ddim["sampler"]["negative_prompt"]}  # fmt: skip
+    assert lcm["sampler"]["guided"] is False and lcm["sampler"]["guidance_scale"] == 1.0
+    assert ddim["unet"] == {"calls": 3, "passes": 6, "warmup_calls": 1}
+    assert lcm["unet"] == {"calls": 2, "passes": 2, "warmup_calls": 1}
+    for c, steps in ((ddim, 3), (lcm, 2)):
+        figs = c["figures"]
+        assert figs["unet_step"]["n"] == steps and len(c["samples"]["unet_step"]) == steps
+        assert figs["denoise"]["mean"] == pytest.approx(sum(c["samples"]["unet_step"]))
+        assert figs["end_to_end"]["mean"] >= sum(figs[k]["mean"] for k in STAGES) * 0.99
+        assert c["memory"]["host_rss_peak_bytes"] > 0 and c["memory"]["warmup_steps"] == 1
+        d = c["dominant_stage"]
+        assert d["stage"] in STAGES and d["share"] == max(d["shares"].values()) and 0 < sum(d["shares"].values()) <= 1.0
+    assert rec["ratios"]["ddim:3"]["end_to_end"] == pytest.approx(1.0)
+    text = mpath.read_text()
+    assert "| figure | ddim:3 | lcm:2 |" in text and "| UNet calls / passes | 3 / 6 | 2 / 2 |" in text
+    assert "dominant stage" in res.output and "3 / 6" in res.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--samplers", "ddim:50,lcm:4", "--baseline", "torch"], "runs no PyTorch baseline"),
+    (["--samplers", "euler:4"], "unknown sampler 'euler'"),
+    (["--samplers", "lcm:four"], "STEPS is an integer"),
+    (["--samplers", "lcm:4,lcm:4"], "lcm:4 given twice"),
+    (["--samplers", "lcm:4", "--steps", "4"], "--steps does not go with --samplers"),
+    (["--warmup-steps", "1"], "goes with --samplers"),
+    (["--samplers", "lcm:9", "--frames", "2"], "--samplers lcm:9: steps must be an integer in 1..8"),
+    (["--samplers", "lcm:4:7.5", "--frames", "2"], "takes no guidance 7.5"),
+])  # fmt: skip
+def test_bench_samplers_bad_values(tiny_bundle: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    from t2vrt.cli import cli
+
+    out = tmp_path / "r"
+    res = CliRunner().invoke(cli, ["bench", str(tiny_bundle), "--backend", "onnxruntime-cpu", "--out", str(out), *args])
+    assert res.exit_code == 2 and message in res.output, res.output
+    assert not out.exists()

@@ -44,10 +44,23 @@ class BenchOptions:
     repeat: int = 3
     seed: int = 0
     threads: int | None = None  # CPU threads for both (default: physical cores)
+    samplers: str | None = None  # "ddim:50,lcm:4": samplers side by side on this bundle (t2vrt.benchmark.compare)
+    warmup_steps: int | None = None  # --samplers: steps of each warm-up run (None: the contender's own)
 
     def validate(self) -> None:
         if self.baseline not in BASELINES:
             raise UsageError(f"--baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}")
+        if self.samplers is not None and self.baseline != "none":
+            raise UsageError("--samplers compares t2vrt's samplers on one bundle and runs no PyTorch baseline: "
+                             "leave --baseline unset or none")  # fmt: skip
+        if self.samplers is not None and self.steps is not None:
+            raise UsageError("--steps does not go with --samplers: give each sampler's steps there (ddim:50,lcm:4)")
+        if self.samplers is not None:
+            from t2vrt.benchmark.compare import parse_samplers
+
+            parse_samplers(self.samplers)  # a bad entry is refused before the bundle loads
+        if self.warmup_steps is not None and (self.samplers is None or self.warmup_steps < 1):
+            raise UsageError(f"--warmup-steps must be >= 1 and goes with --samplers, got {self.warmup_steps}")
         if self.warmup < 1:
             raise UsageError(f"--warmup must be >= 1 (memory is measured in the first warm-up run), got {self.warmup}")
         if self.repeat < 1:
@@ -142,6 +155,10 @@ def run_bench(opts: BenchOptions, progress: Progress = lambda s: None) -> dict[s
     from t2vrt.runtime.pipeline import Pipeline
 
     opts.validate()
+    if opts.samplers is not None:
+        from t2vrt.benchmark.compare import run_compare
+
+        return run_compare(opts, progress)
     manifest = load_manifest(opts.bundle)
     on_gpu_probe = opts.backend != "onnxruntime-cpu"
     rss0 = rss_bytes()
@@ -150,10 +167,9 @@ def run_bench(opts: BenchOptions, progress: Progress = lambda s: None) -> dict[s
     pipe = Pipeline.from_bundle(opts.bundle, backend=opts.backend, options=BackendOptions(threads=opts.threads))
     try:
         on_gpu = pipe.backend.name != "onnxruntime-cpu"
-        hints = pipe.backend.hints()
         o = resolve_options(
-            manifest, PROMPT, num_frames=opts.frames, height=opts.height, width=opts.width,
-            num_inference_steps=opts.steps, seed=opts.seed, guidance_batch=hints.guidance_batch, vae_chunk=hints.vae_chunk,
+            manifest, PROMPT, hints=pipe.backend.hints(), num_frames=opts.frames, height=opts.height, width=opts.width,
+            num_inference_steps=opts.steps, seed=opts.seed,
         )  # fmt: skip
         shape = manifest.model.latent_shape(o.num_frames, o.height, o.width)
         x0 = np.random.default_rng(o.seed).standard_normal(shape, np.float32)
@@ -247,13 +263,19 @@ def stage_means(record: dict[str, Any]) -> dict[str, dict[str, float | None]]:
 def write_outputs(record: dict[str, Any], out_dir: Path, plot: bool = True) -> dict[str, Path]:
     """<out>/bench-<model>-<backend>-<date>.json (+ .png): the paths written."""
     stamp = record["date"].replace(":", "").replace("-", "")
-    base = report.free_name(out_dir / f"bench-{record['bundle']['model']}-{record['ours'].removeprefix('t2vrt-')}-{stamp}.json")
+    kind = "-samplers" if "samplers" in record else ""  # bench --samplers: also a markdown table
+    base = report.free_name(out_dir / f"bench-{record['bundle']['model']}-{record['ours'].removeprefix('t2vrt-')}{kind}-{stamp}.json")
     base = base.with_suffix("")
     paths = {"json": report.write_json(base.with_suffix(".json"), record)}
+    if kind:
+        from t2vrt.benchmark.compare import write_markdown
+
+        paths["md"] = write_markdown(base.with_suffix(".md"), record)
     if plot:
         try:
             s = record["shapes"]
-            title = (f"{record['bundle']['model']}: {s['frames']} frames {s['width']}x{s['height']}, {s['steps']} steps "
+            steps = " vs ".join(record["samplers"]) if kind else f"{s['steps']} steps"
+            title = (f"{record['bundle']['model']}: {s['frames']} frames {s['width']}x{s['height']}, {steps} "
                      f"(mean of {record['settings']['repeat']})")  # fmt: skip
             paths["png"] = report.plot_stages(base.with_suffix(".png"), stage_means(record), title)
         except ImportError:

@@ -15,8 +15,15 @@ from t2vrt.runtime.backends import CHOICES
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--backend", type=click.Choice(CHOICES),
               default="auto", show_default=True)
-@click.option("--baseline", type=click.Choice(["torch", "none"]), default="torch", show_default=True,
-              help="Also run the checkpoint the bundle came from in PyTorch eager (fp16+SDPA on GPU, fp32 on CPU).")
+@click.option("--baseline", type=click.Choice(["torch", "none"]), default=None,
+              help="Also run the checkpoint the bundle came from in PyTorch eager (fp16+SDPA on GPU, fp32 on CPU). "
+                   "Default: torch; none with --samplers.")
+@click.option("--samplers", default=None, metavar="NAME[:STEPS[:G]],...",
+              help="Samplers side by side on this bundle in one run, e.g. ddim:50,lcm:4 (time per stage, UNet "
+                   "calls/passes, peak RSS, the dominant stage); an unguided few-step sampler runs at guidance 1.")
+@click.option("--warmup-steps", type=int, default=None,
+              help="With --samplers: steps of each warm-up run (default: the sampler's own; 1 warms every session "
+                   "at the run's shapes, where memory is sampled, without a second long run).")
 @click.option("--frames", type=int, default=None, help="Frames (default: the bundle's).")
 @click.option("--height", type=int, default=None, help="Height in pixels (default: the bundle's).")
 @click.option("--width", type=int, default=None, help="Width in pixels (default: the bundle's).")
@@ -30,17 +37,26 @@ from t2vrt.runtime.backends import CHOICES
 @click.option("--no-plot", is_flag=True, help="JSON only.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @reports_errors
-def command(bundle: Path, backend: str, baseline: str, frames: int | None, height: int | None, width: int | None,
-            steps: int | None, warmup: int, repeat: int, seed: int, threads: int | None, out_dir: Path, no_plot: bool,
-            quiet: bool) -> None:
+def command(bundle: Path, backend: str, baseline: str | None, samplers: str | None, warmup_steps: int | None,
+            frames: int | None, height: int | None, width: int | None, steps: int | None, warmup: int, repeat: int,
+            seed: int, threads: int | None, out_dir: Path, no_plot: bool, quiet: bool) -> None:
     """Benchmark BUNDLE: text encoding, UNet step (mean/p50/p95), VAE decode, end to end, throughput, peak memory."""
     from t2vrt.benchmark import report
     from t2vrt.benchmark.run import BenchOptions, run_bench, stage_means, write_outputs
 
     report.check_out_dir(out_dir)  # before minutes of benchmarking
+    baseline = baseline or ("none" if samplers is not None else "torch")
     opts = BenchOptions(bundle=bundle, backend=backend, baseline=baseline, frames=frames, height=height, width=width,
-                        steps=steps, warmup=warmup, repeat=repeat, seed=seed, threads=threads)  # fmt: skip
+                        steps=steps, warmup=warmup, repeat=repeat, seed=seed, threads=threads, samplers=samplers,
+                        warmup_steps=warmup_steps)  # fmt: skip
     record = run_bench(opts, progress=(lambda s: None) if quiet else (lambda s: click.echo(f"  {s}", err=True)))
+    if samplers is not None:
+        from t2vrt.benchmark.compare import summary
+
+        click.echo(summary(record))
+        paths = write_outputs(record, out_dir, plot=not no_plot)
+        click.echo("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stdout)
+        return
     s = record["shapes"]
     click.echo(f"{record['bundle']['model']}: {s['frames']} frames {s['width']}x{s['height']}, {s['steps']} steps, "
                f"guidance batch {s['guidance_batch']}; {record['settings']['clock']}")  # fmt: skip
