@@ -23,6 +23,7 @@ from typing import Any
 import ray
 from ray import exceptions as rex
 from ray import serve
+from ray.serve.exceptions import ReplicaUnavailableError
 
 from t2vrt.errors import T2VError, UsageError
 from t2vrt.manifest import Manifest, load_manifest
@@ -37,6 +38,7 @@ log = logging.getLogger("t2vrt.serve")
 # what a replica's death looks like to the caller of a streaming handle
 REPLICA_LOST: tuple[type[BaseException], ...] = (
     rex.RayActorError, rex.WorkerCrashedError, rex.NodeDiedError, rex.ObjectLostError, rex.OutOfMemoryError,
+    ReplicaUnavailableError,
 )
 TRIES = 2  # a job is sent to a replica at most twice
 
