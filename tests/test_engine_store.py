@@ -11,11 +11,12 @@ import pytest
 from click.testing import CliRunner
 
 from t2vrt.cli import cli
+from t2vrt.components import COMPONENTS
+from t2vrt.config import preset
 from t2vrt.engine import store
 from t2vrt.engine.facts import bundle_facts, make_plan
 from t2vrt.engine.planner import GiB, Request
 from t2vrt.manifest import write_json_atomic
-from t2vrt.config import preset
 
 HERE = store.Target("NVIDIA GeForce RTX 3060", "8.6", "10.13.0")
 OTHER = store.Target("NVIDIA A100-SXM4-80GB", "8.0", "10.13.0")
@@ -73,7 +74,7 @@ def test_keys_list_and_clean(tmp_path: Path) -> None:
     files = fake_build(bundle, HERE, Request(8, 64, 64))
     assert files["unet"].name.startswith("unet-b2f8h8w8-") and files["unet"].parent.name == "nvidia-geforce-rtx-3060-sm86-trt10.13.0"
     rows = store.bundle_engine_summary(bundle)
-    assert len(rows) == 3 and all(r["stale"] is None for r in rows)
+    assert len(rows) == len(COMPONENTS) and all(r["stale"] is None for r in rows)
     assert {r["gpu"] for r in rows} == {HERE.gpu} and all(r["bytes"] == 4096 for r in rows)
     # a rebuild for other shapes: the old engines are no longer in plan.json
     old = set(files.values())
@@ -87,13 +88,13 @@ def test_keys_list_and_clean(tmp_path: Path) -> None:
     write_json_atomic(bundle / "manifest.json", m)
     stale = {r["path"]: r["stale"] for r in store.bundle_engine_summary(bundle) if r["stale"]}
     print("\nstale:", json.dumps(stale, indent=1))
-    assert sum("not used by the current plan.json" in s for s in stale.values()) == 1  # the old unet shapes
+    assert sum("not used by the current plan.json" in s for s in stale.values()) == 2  # the old unet and vae_encoder shapes
     assert sum("older export" in s for s in stale.values()) == 3  # every vae engine (old shapes, new, other GPU)
     assert "unfinished temp file" in stale.values()
     r = CliRunner().invoke(cli, ["build", str(bundle), "--clean"])
-    assert r.exit_code == 0 and "5 stale engine file(s) removed" in r.output, r.output
+    assert r.exit_code == 0 and "6 stale engine file(s) removed" in r.output, r.output
     left = store.bundle_engine_summary(bundle)
-    assert len(left) == 4 and all(x["stale"] is None for x in left)  # text + unet for each of the two targets
+    assert len(left) == 6 and all(x["stale"] is None for x in left)  # text + unet + vae_encoder for each of the two targets
     assert not any(p.suffix == ".json" and not p.with_suffix(".plan").exists() and p.name != "plan.json"
                    for p in (bundle / "engines").rglob("*"))  # fmt: skip
 

@@ -22,7 +22,7 @@ from fakes.tensorrt import FakeHostMemory, FakeTensorRT
 
 from t2vrt.engine import build, store
 from t2vrt.engine.facts import bundle_facts, make_plan
-from t2vrt.engine.planner import Plan, Request
+from t2vrt.engine.planner import CONTEXT_RESERVE, RUNTIME_RESERVE, Plan, Request
 from t2vrt.errors import T2VError, UsageError
 from t2vrt.manifest import load_manifest
 from t2vrt.runtime.onnxruntime_backend import OnnxRuntimeBackend, make_session
@@ -218,12 +218,13 @@ def test_static_resident_matches_onnxruntime_with_cuda_graph(env: _Env) -> None:
     assert [r["graph"] for r in unet] == [False] + [True] * (STEPS - 1)  # captured on call 2, replayed after
     assert cuda.calls["capture"] == 1 and cuda.calls["launch"] == STEPS - 1
     assert all(r["shapes"]["latents"][0] == 2 for r in unet)
-    assert set(b.runners) == {"text_encoder", "unet", "vae_decoder"} and len(fake.engines) == 3 and fake.loads == 6
+    # 4 measured at build (the video-to-video encoder too) + the 3 text-to-video needs, loaded once
+    assert set(b.runners) == {"text_encoder", "unet", "vae_decoder"} and len(fake.engines) == 3 and fake.loads == 7
     # one activation block for all three, at least every engine's device_memory_size_v2
     assert b._block_size == max(e.device_memory_size_v2 for e in fake.engines)
     n = len(fake.runs)
     again = generate(bundle, b)
-    assert np.array_equal(again, frames) and fake.loads == 6  # 3 measured at build + 3 loaded once
+    assert np.array_equal(again, frames) and fake.loads == 7  # nothing loaded again
     assert all(r["graph"] for r in fake.runs[n:] if r["component"] == "unet") and cuda.calls["capture"] == 1
     assert cuda.calls["int(handle)"] == 0  # get_cuda_native_handle, never int(stream)
     b.close()
@@ -394,7 +395,7 @@ def test_build_runs_the_real_builder_and_writes_without_a_host_copy(env: _Env) -
     """IHostMemory has the buffer protocol (and no len()): the engine is written from it, not from bytes(...)."""
     plan = make(env.bundle)
     files = build_engines(env, plan)
-    assert [d["component"] for d in env.fake.builds] == ["text_encoder", "unet", "vae_decoder"]
+    assert [d["component"] for d in env.fake.builds] == ["text_encoder", "unet", "vae_decoder", "vae_encoder"]
     unet = env.fake.builds[1]
     assert unet["profile"]["latents"][2] == [2, 4, REQ.frames, REQ.height // 8, REQ.width // 8]
     assert unet["workspace"] == plan.workspace and not unet["weight_streaming"]
@@ -427,6 +428,95 @@ def test_build_fails_when_reality_exceeds_the_card(env: _Env) -> None:
     print("\n" + str(e.value))
     assert "\n" not in str(e.value)
     assert store.read_plan(env.bundle, env.target) is None  # nothing for generate to trust
+
+
+def test_build_replans_when_reality_exceeds_the_budget(env: _Env) -> None:
+    """TensorRT's figures over the budget: re-plan with them (here: one engine at a time instead of all resident) and
+    build that, within `build`; plan.json then holds the plan in TensorRT's figures, within its budget."""
+    facts = bundle_facts(env.bundle)
+    first = make_plan(facts, REQ, 1 * GiB)
+    assert first.residency == "resident" and first.budget == 1 * GiB - CONTEXT_RESERVE
+    env.fake.weights["text_encoder"] = 300 * MiB  # on the card far more than the ONNX files said
+    env.fake.activation["unet"] = 300 * MiB
+    said: list[str] = []
+    built = build.build(load_manifest(env.bundle), first, env.target, echo=said.append, facts=facts)
+    p = built.plan
+    print("\n" + "\n".join(said) + "\n" + p.table())
+    assert any(line.startswith("re-planning (the engines as built do not fit the card") for line in said)
+    assert p.residency == "sequential" and p.peak <= p.budget and p.engine("unet").measured
+    assert p.engine("text_encoder").weight_bytes >= 300 * MiB
+    record = store.read_plan(env.bundle, env.target)
+    assert record is not None and Plan.from_json(record["plan"]) == p
+    assert [d["component"] for d in env.fake.builds].count("unet") == 1  # same engines, another arrangement
+    b = backend(env)
+    assert not b.resident
+    b.close()
+
+
+def test_build_fails_naming_what_fits_when_no_replan_fits(env: _Env) -> None:
+    facts = bundle_facts(env.bundle)
+    env.fake.activation["unet"] = 800 * MiB  # more than a 1 GiB card has, whatever the arrangement
+    with pytest.raises(T2VError) as e:
+        build.build(load_manifest(env.bundle), make_plan(facts, REQ, 1 * GiB), env.target, echo=lambda s: None, facts=facts)
+    msg = str(e.value)
+    print("\n" + msg)
+    assert "\n" not in msg and msg.startswith("the engines as built do not fit the card")
+    assert "planned again with TensorRT's measurements" in msg and "does not fit in 1.00 GiB" in msg
+    assert store.read_plan(env.bundle, env.target) is None
+
+
+def test_memory_used_is_within_the_built_plan(env: _Env) -> None:
+    """The plan in plan.json is in TensorRT's figures: what the engines hold on the card after a generation is at most
+    its peak, and the peak is no larger than that plus the runtime reserve (and the unused encoder)."""
+    build_engines(env, make(env.bundle))
+    record = store.read_plan(env.bundle, env.target)
+    assert record is not None
+    p = Plan.from_json(record["plan"])
+    assert all(e.measured for e in p.engines) and p.residency == "resident"
+    free0 = env.cuda.total - env.cuda.used()
+    b = backend(env)
+    generate(env.bundle, b)
+    used = free0 - (env.cuda.total - env.cuda.used())
+    enc = p.engine("vae_encoder")
+    print(f"\nheld after a generation {used / MiB:.1f} MiB, plan peak {p.peak / MiB:.1f} MiB")
+    assert used <= p.peak <= used + RUNTIME_RESERVE + enc.resident_weight_bytes + enc.io_bytes
+    b.close()
+
+
+def test_reused_streaming_engine_gets_this_plans_budget(env: _Env) -> None:
+    """The streaming budget is a run-time setting of the plan, not of the engine file: a later plan that keeps
+    another share of the UNet on the card reuses the engine and records (and loads with) its own budget."""
+    one = make(env.bundle, residency="sequential", g=1, stream=True)
+    build_engines(env, one)
+    u = one.engine("unet")
+    two = dataclasses.replace(one, engines=tuple(
+        dataclasses.replace(e, resident_weight_bytes=u.weight_bytes * 15 // 16) if e is u else e for e in one.engines))  # fmt: skip
+    n = len(env.fake.builds)
+    files = build_engines(env, two)
+    assert len(env.fake.builds) == n  # reused
+    meta = store.read_json(files["unet"].with_suffix(".json"))
+    assert meta is not None
+    streamable = int(meta["streamable_weights"])
+    want = build.stream_budget_for(two.engine("unet"), streamable)
+    assert meta["weight_streaming_budget"] == want != build.stream_budget_for(u, streamable)
+    record = store.read_plan(env.bundle, env.target)
+    assert record is not None and Plan.from_json(record["plan"]).engine("unet").stream_budget == want
+    b = backend(env)
+    assert b.open("unet").engine.weight_streaming_budget_v2 == want
+    b.close()
+
+
+def test_builder_kernel_library_is_counted(env: _Env) -> None:
+    """A live Builder holds its kernel library on the card beside the weights and the tensors it times: a card with
+    room for those but not the library is refused before anything is built."""
+    env.cuda.total = 2 * GiB
+    graph = load_manifest(env.bundle).components["unet"].file("fp16").path
+    unet_weights = sum(f.stat().st_size for f in graph.parent.iterdir() if f.is_file())  # what the fake builder holds
+    room = unet_weights + env.fake.activation["unet"] + 100 * MiB  # less than the library's 180 MiB on top
+    env.cuda.others_used = env.cuda.total - env.cuda.context_bytes - room
+    with pytest.raises(T2VError, match=r"building the unet engine needs about .* free on the card"):
+        build_engines(env, make(env.bundle, vram=4 * GiB))
+    assert env.fake.builds == []  # checked for every engine before the first build
 
 
 def test_builder_memory_is_checked_before_building_on_a_small_card(env: _Env) -> None:

@@ -11,7 +11,9 @@ from t2vrt.commands import reports_errors
 
 @click.command("build")
 @click.argument("bundle", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--vram", default=None, help="Plan for this much memory instead of the card's free memory (e.g. 6GiB).")
+@click.option("--vram", default=None,
+              help="Plan for a card of this size (e.g. 6GiB; the CUDA context comes out of it) instead of the card's "
+                   "free memory; never more than is free now.")
 @click.option("--frames", type=int, default=None, help="Frames per video (default: the bundle's).")
 @click.option("--height", type=int, default=None, help="Height in pixels (default: the bundle's).")
 @click.option("--width", type=int, default=None, help="Width in pixels (default: the bundle's).")
@@ -34,20 +36,25 @@ def command(
         click.echo(f"{len(removed)} stale engine file(s) removed")
         return
     from t2vrt.engine.build import current_target, import_tensorrt
-    from t2vrt.engine.facts import bundle_facts, make_plan, request_from, vram_option
+    from t2vrt.engine.facts import bundle_facts, card_memory, make_plan, request_from
 
     facts = bundle_facts(bundle)  # a bad bundle is the first thing to say
     import_tensorrt()
     target, gpu = current_target()
-    vram_bytes, source = vram_option(vram)
+    mem = card_memory(vram, gpu)
     req = request_from(facts, frames, height, width, dynamic)
     facts = bundle_facts(bundle, calibrate=req, target=target)
-    p = make_plan(facts, req, vram_bytes)
-    click.echo(f"building for {gpu.name} (sm {gpu.compute_capability}), TensorRT {target.tensorrt}; {source}")
+    p = make_plan(facts, req, mem.bytes, mem.free)
+    click.echo(f"building for {target.describe()}; {mem.source}")
     click.echo(p.summary())
     click.echo(p.table())
-    from t2vrt.engine.build import build_all
+    from t2vrt.engine.build import build
 
     assert facts.manifest is not None
-    files = build_all(facts.manifest, p, target, echo=click.echo)
+    built = build(facts.manifest, p, target, echo=click.echo, facts=facts)
+    if built.plan.engines != p.engines:
+        click.echo("as built, in TensorRT's own figures:")
+        click.echo(built.plan.summary())
+        click.echo(built.plan.table())
+    files = built.files
     click.echo(f"engines in {store.target_dir(bundle, target)}: {', '.join(f.name for f in files.values())}")

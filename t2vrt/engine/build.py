@@ -3,16 +3,21 @@
 Per engine: parse the ONNX from its path (so external data is found), one optimisation profile from the io spec
 and the plan, the workspace limit from the plan, weight streaming when planned, the timing cache shared by the
 three engines (per target: caches do not cross GPUs), then write TensorRT's IHostMemory (no host copy) to a temp
-name and rename. An engine whose key already exists is reused. Before each build the card must have room for what the
-builder holds while it times tactics (the engine's weights and activations); after it the engine is deserialised
-once to record what TensorRT says it needs (device_memory_size_v2 with any streaming scratch, the bytes its weights
-take on the card, the weight-streaming budget it accepted). When those measured figures do not fit the card's
-budget the build fails here, naming them, and no plan.json is written: never a surprise at `generate`.
+name and rename. An engine whose key already exists is reused.
 
-Weight streaming: `weight_streaming_budget_v2` counts streamable bytes only (`streamable_weights_size`, a part of
-the weights) and a value >= streamable turns streaming off; the planner plans resident bytes of all the UNet's
-weights, so the budget is the planned resident bytes minus the weights that cannot stream, clamped at 0. The Python
-setter drops TensorRT's success flag: the budget is read back and a refused one is an error.
+Memory, decided by the planner (t2vrt/engine/planner.py), checked here against the card:
+- before anything is built, every engine still to build must fit what is free now beside the builder (its
+  `build_bytes`: all its weights, the tensors it times, the builder's kernel library); else one line, with the plan's
+  note on what would build;
+- after each build the engine is deserialised once to record what TensorRT says it needs: device_memory_size_v2
+  (with any streaming scratch), the bytes its weights take on the card, its streamable bytes and the streaming budget
+  the planner derives from them (`EnginePlan.stream_budget`);
+- the plan restated in those figures must fit its budget. When it does not and the command gave the planner's facts,
+  it re-plans with the measurements (a slower arrangement, built in turn) up to MAX_PLANS times; else it fails here
+  naming the stage, and no plan.json is written: never a surprise at `generate`. plan.json holds the plan in
+  TensorRT's own figures.
+
+The streaming budget's setter drops TensorRT's success flag: the budget is read back and a refused one is an error.
 
 TensorRT is imported lazily: this module imports on machines without it, and says so in one line when asked to build.
 """
@@ -22,21 +27,26 @@ from __future__ import annotations
 import importlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from t2vrt.engine import store
-from t2vrt.engine.planner import EnginePlan, Plan, fmt
+from t2vrt.engine.planner import EnginePlan, Plan, fmt, streaming_budget
+from t2vrt.engine.sizes import Measured
 from t2vrt.errors import T2VError, UsageError
-from t2vrt.manifest import Manifest
+from t2vrt.manifest import Manifest, write_json_atomic
 from t2vrt.runtime import cuda
 
 if TYPE_CHECKING:
     import tensorrt as trt
 
+    from t2vrt.engine.facts import Facts
+
 MIN_TENSORRT = (10, 1)  # 10.0 lacks device_memory_size_v2, set_device_memory and weight_streaming_budget_v2
 OPT_LEVEL = 3  # TensorRT's default; 4-5 buy little for convolutional UNets and double build time
 TIMING_CACHE = "timing.cache"
+MAX_PLANS = 3  # plans built in one `t2vrt build`: the first, then re-plans from what TensorRT measured
 Echo = Callable[[str], None]
 
 
@@ -109,21 +119,22 @@ def set_streaming_budget(engine: trt.ICudaEngine, budget: int, component: str) -
         )
 
 
-def streaming_budget(ep: EnginePlan, streamable: int) -> int:
-    """weight_streaming_budget_v2 for the planned resident bytes: only streamable bytes count toward it."""
+def stream_budget_for(ep: EnginePlan, streamable: int) -> int:
+    """weight_streaming_budget_v2 for the plan's resident bytes of this engine, now that TensorRT has said how much
+    of it can stream (the planner's rule: only streamable bytes count)."""
     if streamable <= 0:
         raise T2VError(f"the {ep.component} engine was built for weight streaming but TensorRT reports no streamable weights")
-    return max(0, min(ep.resident_weight_bytes - (ep.weight_bytes - streamable), streamable - 1))
+    return streaming_budget(ep.resident_weight_bytes, ep.weight_bytes, streamable)
 
 
-def check_builder_memory(ep: EnginePlan, free: int) -> None:
-    """The builder keeps the engine's weights (all of them) and its activations on the card while it times tactics."""
-    need = ep.weight_bytes + ep.activation_bytes
-    if need > free:
+def check_builder_memory(ep: EnginePlan, free: int, note: str = "") -> None:
+    """The builder keeps the engine's weights (all of them), the tensors it times and its kernel library on the card."""
+    if ep.build_bytes > free:
         raise T2VError(
-            f"building the {ep.component} engine needs about {fmt(need)} free on the card ({fmt(ep.weight_bytes)} of "
-            f"weights + {fmt(ep.activation_bytes)} of activations while TensorRT times tactics), but only {fmt(free)} "
-            "is free: close other programs using the GPU, or build at a smaller --frames/--height/--width"
+            f"building the {ep.component} engine needs about {fmt(ep.build_bytes)} free on the card ({fmt(ep.weight_bytes)} "
+            f"of weights + {fmt(ep.activation_bytes)} of activations + the builder's kernel library while TensorRT times "
+            f"tactics), but only {fmt(free)} is free: close other programs using the GPU, or build at a smaller "
+            "--frames/--height/--width" + (f" ({note.split('; ', 1)[1]})" if "; what builds" in note else "")
         )
 
 
@@ -192,7 +203,8 @@ def build_engine(
 
 def measure(data: Any, ep: EnginePlan) -> dict[str, int]:
     """What the engine takes on this card: device_memory_size_v2 (activations, tactic scratch, streaming scratch),
-    the bytes its weights occupy (cudaMemGetInfo before and after loading it), the streaming budget it accepted."""
+    the bytes its weights occupy (cudaMemGetInfo before and after loading it), its streamable bytes and the streaming
+    budget it accepted."""
     import tensorrt as trt
 
     runtime = trt_factory("runtime", lambda: trt.Runtime(trt.Logger(trt.Logger.WARNING)))
@@ -206,7 +218,7 @@ def measure(data: Any, ep: EnginePlan) -> dict[str, int]:
     streamable = int(engine.streamable_weights_size)
     out = {"streamable_weights": streamable}
     if ep.weight_streaming:
-        budget = streaming_budget(ep, streamable)
+        budget = stream_budget_for(ep, streamable)
         set_streaming_budget(engine, budget, ep.component)
         out["weight_streaming_budget"] = budget
         out["weight_streaming_scratch"] = int(engine.weight_streaming_scratch_memory_size)
@@ -216,36 +228,27 @@ def measure(data: Any, ep: EnginePlan) -> dict[str, int]:
     return out
 
 
-def reality_problem(plan: Plan, measured: dict[str, dict[str, int]]) -> str | None:
-    """None when what TensorRT measured fits the plan's budget; else one line naming the stage that does not."""
-    on_card = {e.component: measured[e.component].get("weights_on_card", measured[e.component]["engine_bytes"]) for e in plan.engines}
-    act = {e.component: measured[e.component]["device_memory"] for e in plan.engines}
-    io = {e.component: e.io_bytes for e in plan.engines}
-    if plan.residency == "resident":
-        worst = max(act, key=lambda c: act[c])
-        peak = sum(on_card.values()) + sum(io.values()) + act[worst]
-        what = f"all engines resident: weights {fmt(sum(on_card.values()))} + {worst} device memory {fmt(act[worst])}"
-    else:
-        worst = max(act, key=lambda c: on_card[c] + io[c] + act[c])
-        peak = on_card[worst] + io[worst] + act[worst]
-        what = f"{worst} stage: weights {fmt(on_card[worst])} + device memory {fmt(act[worst])}"
-    if peak <= plan.budget:
-        return None
-    return (
-        f"the engines as built do not fit the card: TensorRT measured the {what} + I/O = {fmt(peak)}, which does not fit "
-        f"the {fmt(plan.budget)} budget of a {fmt(plan.vram)} card; these measurements are kept, so run `t2vrt build` "
-        "again to plan with them, or ask for fewer frames or a smaller size"
-    )
+@dataclass(frozen=True)
+class Built:
+    plan: Plan  # the plan in TensorRT's own figures: what plan.json holds and the backend follows
+    files: dict[str, Path]  # component -> engine file
 
 
-def build_all(manifest: Manifest, plan: Plan, target: store.Target, echo: Echo = print) -> dict[str, Path]:
-    """Build (or reuse) the plan's three engines for `target`; write plan.json; return component -> engine path."""
-    import_tensorrt()
-    bundle = manifest.bundle
-    tdir = store.target_dir(bundle, target)
+def _arrangement(p: Plan) -> tuple[object, ...]:
+    """What a re-plan may change: residency, guidance batch, VAE chunk, and each engine's shapes, streaming and share
+    of its weights on the card."""
+    engines = tuple((e.component, sorted(e.dims_max.items()), e.weight_streaming, e.resident_weight_bytes) for e in p.engines)
+    return p.residency, p.guidance_batch, p.vae_chunk, engines
+
+
+def _build_engines(
+    manifest: Manifest, plan: Plan, target: store.Target, echo: Echo
+) -> tuple[dict[str, Path], dict[str, Measured], dict[str, dict[str, int]]]:
+    """Build (or reuse) the plan's engines; return their files, what TensorRT measured for each, and those figures as
+    the backend reads them from plan.json."""
+    tdir = store.target_dir(manifest.bundle, target)
     tdir.mkdir(parents=True, exist_ok=True)
-    files: dict[str, Path] = {}
-    measured: dict[str, dict[str, int]] = {}
+    jobs = []
     for ep in plan.engines:
         comp = manifest.components[ep.component]
         src = comp.file("fp16")
@@ -253,15 +256,22 @@ def build_all(manifest: Manifest, plan: Plan, target: store.Target, echo: Echo =
         wkey = store.weights_key(src)
         stem = store.engine_stem(ep.component, ep.dims_min, ep.dims_max, profile, src.sha256, ep.weight_streaming, OPT_LEVEL, wkey)
         path = tdir / f"{stem}.plan"
-        meta = store.read_json(path.with_suffix(".json"))
-        if path.is_file() and meta is not None:
-            echo(f"{ep.component}: reusing {path.name}")
-        else:
+        meta = store.read_json(path.with_suffix(".json")) if path.is_file() else None
+        jobs.append((ep, src, profile, wkey, path, meta))
+    todo = sorted((j[0] for j in jobs if j[5] is None), key=lambda ep: -ep.build_bytes)
+    if todo:  # before building anything: the builder needs more than the engines will at run time
+        free = cuda.free_bytes()
+        for ep in todo:
+            check_builder_memory(ep, free, plan.build_note)
+    files: dict[str, Path] = {}
+    measured: dict[str, Measured] = {}
+    raw: dict[str, dict[str, int]] = {}
+    for ep, src, profile, wkey, path, meta in jobs:
+        if meta is None:
             echo(f"{ep.component}: building {path.name} (workspace {plan.workspace >> 20} MiB"
                  f"{', weight streaming' if ep.weight_streaming else ''})")  # fmt: skip
-            check_builder_memory(ep, cuda.free_bytes())
             t0 = time.perf_counter()
-            data = build_engine(src.path, ep, profile, plan.workspace, tdir / TIMING_CACHE, echo)
+            data = build_engine(src.path, ep, profile, plan.workspace, store.target_dir(manifest.bundle, target) / TIMING_CACHE, echo)
             meta = {
                 "component": ep.component, "target": target.to_json(), "onnx_sha256": src.sha256, "weights_key": wkey,
                 "dims_min": ep.dims_min, "dims_opt": ep.dims_opt, "dims_max": ep.dims_max,
@@ -273,18 +283,66 @@ def build_all(manifest: Manifest, plan: Plan, target: store.Target, echo: Echo =
             del data
             echo(f"{ep.component}: {path.stat().st_size >> 20} MiB engine, device memory {int(meta['device_memory']) >> 20} MiB "
                  f"(planned {ep.activation_bytes >> 20} MiB) in {meta['build_seconds']} s")  # fmt: skip
+        else:
+            echo(f"{ep.component}: reusing {path.name}")
+            if ep.weight_streaming and meta.get("weight_streaming_budget") != stream_budget_for(ep, int(meta.get("streamable_weights", 0))):
+                meta = {**meta, **measure(path.read_bytes(), ep)}  # this plan keeps another share of it on the card
+                write_json_atomic(path.with_suffix(".json"), meta)
         files[ep.component] = path
+        measured[ep.component] = store.measured_of(meta)
         keys = ("device_memory", "streamable_weights", "weights_on_card", "weight_streaming_budget")
-        measured[ep.component] = {k: int(meta[k]) for k in keys if k in meta}
-        measured[ep.component]["engine_bytes"] = path.stat().st_size
-    problem = reality_problem(plan, measured)
-    if problem:
-        raise T2VError(problem)
-    store.write_plan(bundle, target, {
-        "target": target.to_json(), "plan": plan.to_json(), "measured": measured,
-        "engine_files": {c: p.name for c, p in files.items()},
-    })  # fmt: skip
-    return files
+        raw[ep.component] = {k: int(meta[k]) for k in keys if k in meta} | {"engine_bytes": path.stat().st_size}
+    return files, measured, raw
+
+
+def build(manifest: Manifest, plan: Plan, target: store.Target, echo: Echo = print, facts: Facts | None = None) -> Built:
+    """Build (or reuse) the plan's engines for `target` and write plan.json. When what TensorRT measured does not fit
+    the budget: with `facts` (what the plan was made from), re-plan with the measurements and build that, at most
+    MAX_PLANS plans in all; without, or when nothing fits, a T2VError naming the stage and what would fit."""
+    import_tensorrt()
+    problem = ""
+    for attempt in range(1, MAX_PLANS + 1):
+        files, measured, raw = _build_engines(manifest, plan, target, echo)
+        real = plan.with_measured(measured)
+        over = real.overrun()
+        if over is None:
+            store.write_plan(manifest.bundle, target, {
+                "target": target.to_json(), "plan": real.to_json(),
+                "measured": raw,
+                "engine_files": {c: p.name for c, p in files.items()},
+            })  # fmt: skip
+            return Built(real, files)
+        problem = f"the engines as built do not fit the card: as TensorRT measured them, {over}"
+        if facts is None or attempt == MAX_PLANS:
+            break
+        new = _replan(facts, plan, manifest, target, problem)
+        if _arrangement(new) == _arrangement(plan):
+            break  # the planner chose what was just measured not to fit: never loop on it
+        echo(f"re-planning ({problem})")
+        echo(new.summary())
+        plan = new
+    raise T2VError(
+        f"{problem}; these measurements are kept, so `t2vrt build` plans with them next time"
+        + (f" (tried {MAX_PLANS} plans)" if facts is not None else "")
+        + ": ask for fewer frames or a smaller size, or free memory on the card"
+    )
+
+
+def _replan(facts: Facts, plan: Plan, manifest: Manifest, target: store.Target, problem: str) -> Plan:
+    from t2vrt.engine.facts import make_plan
+
+    sizes = replace(facts.sizes, measured=store.measured_memory(manifest.bundle, target))
+    try:
+        return make_plan(replace(facts, sizes=sizes), plan.request, plan.vram, plan.free)
+    except UsageError as e:
+        raise T2VError(f"{problem}; planned again with TensorRT's measurements: {e}") from None
+
+
+def build_all(
+    manifest: Manifest, plan: Plan, target: store.Target, echo: Echo = print, facts: Facts | None = None
+) -> dict[str, Path]:
+    """`build`, returning only component -> engine path (plan.json holds the plan as built)."""
+    return build(manifest, plan, target, echo, facts).files
 
 
 def check_buildable(manifest: Manifest) -> None:

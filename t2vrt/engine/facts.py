@@ -9,10 +9,11 @@ from t2vrt import iospec
 from t2vrt.components import io_specs
 from t2vrt.config import PRESETS, Defaults, ModelConfig
 from t2vrt.engine import store
-from t2vrt.engine.planner import MAX_VAE_CHUNK, Plan, Request, parse_bytes, plan
+from t2vrt.engine.planner import CONTEXT_RESERVE, MAX_VAE_CHUNK, Plan, Request, fmt, parse_bytes, plan
 from t2vrt.engine.sizes import Sizes, analytic_sizes, bundle_sizes
 from t2vrt.errors import UsageError
 from t2vrt.manifest import Manifest, load_manifest
+from t2vrt.runtime.cuda import GpuInfo
 
 
 @dataclass(frozen=True)
@@ -86,17 +87,43 @@ def load_facts(source: str, calibrate: Request | None = None, target: store.Targ
     return preset_facts(source)
 
 
-def make_plan(facts: Facts, req: Request, vram: int) -> Plan:
-    return plan(facts.io, facts.sizes, req, vram, facts.downscale, facts.multiple)
+def make_plan(facts: Facts, req: Request, vram: int, free: bool = False) -> Plan:
+    """The plan for `vram` bytes: the card's size (the CUDA context comes out of it), or with free=True the free
+    memory cudaMemGetInfo measured (the context already out of it)."""
+    return plan(facts.io, facts.sizes, req, vram, facts.downscale, facts.multiple, free)
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What a plan is for: `bytes` of the card's size (--vram) or, with free=True, measured free memory."""
+
+    bytes: int
+    free: bool
+    source: str  # where the figure came from, for the user
+
+
+def card_memory(text: str | None, gpu: GpuInfo | None = None) -> Memory:
+    """--vram (the card's size, as sold) when given, else the free memory of `gpu` (or this machine's card).
+    On a card (`gpu` given) a --vram larger than what is free now is planned as the free memory, saying so: engines
+    planned for memory that is not there would only fail at generate."""
+    if gpu is None and not text:
+        from t2vrt.engine.device import detect_gpu
+
+        gpu = detect_gpu()
+        if gpu is None:
+            raise UsageError("no NVIDIA GPU detected: give the card's memory with --vram (e.g. --vram 6GiB)")
+    where = "" if gpu is None else f"{gpu.name}, {gpu.memory_gib} GiB"
+    if not text:
+        assert gpu is not None
+        return Memory(gpu.free_bytes, True, f"free memory on {where}")
+    vram = parse_bytes(text)
+    if gpu is not None and vram - CONTEXT_RESERVE > gpu.free_bytes:
+        return Memory(gpu.free_bytes, True, f"--vram {fmt(vram)} is more than the {fmt(gpu.free_bytes)} free on {where}: "
+                                            "planned for the free memory")  # fmt: skip
+    return Memory(vram, False, f"--vram {fmt(vram)}: the card's size, less {fmt(CONTEXT_RESERVE)} for the CUDA context")
 
 
 def vram_option(text: str | None) -> tuple[int, str]:
-    """--vram given, or this card's free memory; (bytes, where it came from)."""
-    if text:
-        return parse_bytes(text), "--vram"
-    from t2vrt.engine.device import detect_gpu
-
-    gpu = detect_gpu()
-    if gpu is None:
-        raise UsageError("no NVIDIA GPU detected: give the card's memory with --vram (e.g. --vram 6GiB)")
-    return gpu.free_bytes, f"free memory on {gpu.name}"
+    """--vram given, or this card's free memory; (bytes, where it came from). Prefer card_memory: it says which."""
+    m = card_memory(text)
+    return m.bytes, m.source

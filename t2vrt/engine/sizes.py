@@ -4,7 +4,8 @@ Three sources, best last:
 - `analytic`: from the model config (the registry's planner entries, t2vrt/engine/analytic.py), for any bundle or for a preset with no export;
 - `onnx`: the analytic model scaled, per engine, by the ONNX liveness estimate over the exported fp16 graph at the
   requested shapes (the graph's real op order; one shape inference per engine, then any shape is cheap);
-- `measured`: TensorRT's device_memory_size_v2 of an engine already built at exactly these shapes (plan.json).
+- `measured`: what TensorRT reported for an engine already built at exactly these shapes (its sidecar): its
+  device_memory_size_v2, the bytes its weights take on the card and, for a streaming build, its streamable bytes.
 Estimates carry the planner's margin; measured figures do not.
 """
 
@@ -20,8 +21,19 @@ from t2vrt.manifest import Manifest
 ActivationFn = Callable[[str, Mapping[str, int]], int]
 
 
-def dims_key(dims: Mapping[str, int]) -> str:
-    return ",".join(f"{k}={dims[k]}" for k in sorted(dims))
+def dims_key(dims: Mapping[str, int], streaming: bool = False) -> str:
+    """An engine's shapes as a key; a weight-streaming build at the same shapes is another engine."""
+    return ",".join(f"{k}={dims[k]}" for k in sorted(dims)) + ("/streaming" if streaming else "")
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What TensorRT reported for one built engine."""
+
+    device_memory: int  # device_memory_size_v2: activations, tactic scratch, streaming scratch
+    weights: int | None = None  # bytes all its weights take on the card (streamed ones included); None: not measured
+    streamable: int = 0  # streamable_weights_size (0 unless built for weight streaming)
+    stream_budget: int = 0  # the weight_streaming_budget_v2 it was measured at (and the backend sets)
 
 
 @dataclass(frozen=True)
@@ -29,11 +41,11 @@ class Sizes:
     weights: dict[str, int]  # bytes of fp16 weights per engine
     estimate: ActivationFn  # estimated activation bytes (before margin) per engine at the given symbol sizes
     source: str  # "analytic" | "onnx"
-    measured: dict[str, dict[str, int]] = field(default_factory=dict)  # engine -> dims_key -> device memory bytes
+    measured: dict[str, dict[str, Measured]] = field(default_factory=dict)  # engine -> dims_key -> TensorRT's figures
     calibration: dict[str, float] = field(default_factory=dict)  # engine -> liveness / analytic at the request
 
-    def measured_for(self, component: str, dims: Mapping[str, int]) -> int | None:
-        return self.measured.get(component, {}).get(dims_key(dims))
+    def measured_for(self, component: str, dims: Mapping[str, int], streaming: bool = False) -> Measured | None:
+        return self.measured.get(component, {}).get(dims_key(dims, streaming))
 
 
 FP16 = 2  # bytes per weight and activation in the engines

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from t2vrt.engine.sizes import Measured, dims_key
 from t2vrt.errors import UsageError
 from t2vrt.manifest import ComponentFile, Manifest, load_manifest, write_json_atomic
 
@@ -133,16 +134,25 @@ def write_plan(bundle: Path, target: Target, plan: Mapping[str, Any]) -> None:
     write_json_atomic(d / PLAN_JSON, dict(plan))
 
 
-def measured_memory(bundle: Path, target: Target) -> dict[str, dict[str, int]]:
-    """component -> dims_key(dims_max) -> TensorRT's device_memory_size_v2, from the engines built for `target`."""
-    from t2vrt.engine.sizes import dims_key
+def measured_of(meta: Mapping[str, Any]) -> Measured:
+    """TensorRT's figures from an engine's sidecar. The weights were measured at the streaming budget set then: all of
+    them on the card is that minus the budget plus the streamable bytes."""
+    on_card = meta.get("weights_on_card")
+    streamable = int(meta.get("streamable_weights", 0)) if meta.get("weight_streaming") else 0
+    budget = int(meta.get("weight_streaming_budget", streamable)) if streamable else 0
+    weights = None if on_card is None else int(on_card) + (streamable - budget if streamable else 0)
+    return Measured(int(meta["device_memory"]), weights, streamable, budget)
 
-    out: dict[str, dict[str, int]] = {}
+
+def measured_memory(bundle: Path, target: Target) -> dict[str, dict[str, Measured]]:
+    """component -> dims_key(dims_max, streaming) -> TensorRT's figures, from the engines built for `target`."""
+    out: dict[str, dict[str, Measured]] = {}
     d = target_dir(bundle, target)
     for side in sorted(d.glob("*.json")) if d.is_dir() else []:
         meta = read_json(side)
         if meta and side.name != PLAN_JSON and "device_memory" in meta and side.with_suffix(".plan").is_file():
-            out.setdefault(str(meta["component"]), {})[dims_key(meta["dims_max"])] = int(meta["device_memory"])
+            key = dims_key(meta["dims_max"], bool(meta.get("weight_streaming")))
+            out.setdefault(str(meta["component"]), {})[key] = measured_of(meta)
     return out
 
 

@@ -15,7 +15,8 @@ Semantics taken from NvInferRuntime.h and python/src/infer/pyCore.cpp (release/1
   for a streaming engine it is synchronous, so inside a stream capture it invalidates the capture and fails.
 - `build_serialized_network` returns an IHostMemory (buffer protocol, `nbytes`, no len(); `bytes()` is a copy,
   counted) or None when the builder runs out of device memory: it holds the weights on the card while it times
-  tactics.
+  tactics, beside its kernel library, which a Builder keeps on the card while it lives (TensorRT logs "[MemUsageChange]
+  Init builder kernel library: ... GPU +180 MiB" and more).
 Each engine runs its component's fp32 graph in ONNX Runtime on bytes kept in the fake device memory.
 """
 
@@ -59,9 +60,10 @@ class FakeTensorRT:
     def __init__(self, cuda: FakeCudaRuntime, sessions: dict[str, Any], version: str = "10.13.0") -> None:
         self.cuda, self.sessions, self.version = cuda, sessions, version
         self.weights: dict[str, int] = {}  # engine weight bytes; default: the ONNX graph + data file sizes
-        self.activation: dict[str, int] = {"text_encoder": 1 * MiB, "unet": 3 * MiB, "vae_decoder": 2 * MiB}
+        self.activation: dict[str, int] = {"text_encoder": 1 * MiB, "unet": 3 * MiB, "vae_decoder": 2 * MiB, "vae_encoder": 2 * MiB}
         self.streamable_fraction = 0.75  # "may not include all the weights"
         self.scratch = 4 * MiB  # weight-streaming scratch per context
+        self.builder_library = 180 * MiB  # device memory a live Builder holds for its kernel library
         self.factory_fails = False
         self.refuse_budget = False
         self.rename: dict[str, tuple[str, str]] = {}  # component -> (io-spec name, the engine's name)
@@ -191,6 +193,12 @@ class FakeTensorRT:
         class Builder:
             def __init__(self, logger: Logger) -> None:
                 factory()
+                err, ptr = fake.cuda.cudaMalloc(fake.builder_library, "the builder's kernel library")
+                self._library = None if err else ptr
+
+            def __del__(self) -> None:
+                if self._library is not None and self._library in fake.cuda.mem:
+                    fake.cuda.cudaFree(self._library)
 
             def create_network(self, flags: int) -> Network:
                 return Network(flags)
@@ -211,7 +219,7 @@ class FakeTensorRT:
                 weights = fake.weights.get(comp) or sum(f.stat().st_size for f in p.parent.iterdir() if f.is_file())
                 need = weights + fake.activation[comp]
                 free = fake.cuda.total - fake.cuda.used()
-                if need > free:  # the builder holds the weights on the card while it times tactics
+                if need > free or self._library is None:  # the builder holds the weights on the card while it times tactics
                     fake.log.append(f"ERROR: {comp}: out of device memory while timing tactics ({need} > {free})")
                     return None
                 streaming = m.BuilderFlag.WEIGHT_STREAMING in config.flags
