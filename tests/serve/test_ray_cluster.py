@@ -132,6 +132,17 @@ def test_jobs_spread_over_both_replicas_one_at_a_time(http: httpx.Client) -> Non
         assert r.status_code == 200 and r.content[4:8] == b"ftyp"
 
 
+def test_delete_stops_the_job_on_its_replica(http: httpx.Client, server: ServerProcess) -> None:
+    long = submit(http, 2, steps=999)  # minutes each if nothing stopped them
+    wait_for(lambda: all(running_on(http, v) for v in long), 90, interval=0.1, what="both replicas busy")
+    for v in long:
+        assert http.delete(f"/v1/videos/{v}").status_code == 200
+    vs = wait_all(http, submit(http, 2, steps=4), timeout=60)  # they get the replicas the deleted jobs held
+    assert [v["status"] for v in vs] == ["completed"] * 2, [v["error"] for v in vs]
+    assert all(http.get(f"/v1/videos/{v}").status_code == 404 for v in long)
+    wait_for(lambda: all(f"cancelled {v}" in server.log for v in long), 30, what="the server to log both cancels")
+
+
 def test_replica_killed_mid_job_costs_one_retry(http: httpx.Client, server: ServerProcess) -> None:
     ids = submit(http, 4, steps=24)
     victim_job, victim = wait_for(
