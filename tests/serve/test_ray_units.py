@@ -50,8 +50,10 @@ def test_replicas_option() -> None:
         check_ray_options(RayOptions(gpus_per_replica=-1))
 
 
-def test_ray_options_need_ray(tiny_bundle: Path) -> None:
+def test_ray_options_need_ray(tmp_path: Path) -> None:
     from t2vrt.cli import cli
+
+    tiny_bundle = tmp_path  # refused before any bundle is read
 
     r = CliRunner().invoke(cli, ["serve", "--bundle", str(tiny_bundle), "--replicas", "2"])
     assert r.exit_code != 0 and "need --ray" in r.output
