@@ -136,3 +136,24 @@ def test_plan_command_on_a_bundle(tmp_path: Path) -> None:
     assert r.exit_code == 0 and "8 frames at 64x64 on 1.00 GiB" in r.output, r.output
     r = CliRunner().invoke(cli, ["build", str(tmp_path / "nope")])
     assert r.exit_code == 2 and "not a directory" in r.output
+
+
+def test_measured_figures_and_card_memory_in_the_folder(tmp_path: Path) -> None:
+    """A streaming build and a plain one at the same shapes are different engines with their own figures; the weights
+    measured at a streaming budget are restated as all of them; the folder carries the card's memory."""
+    from t2vrt.engine.sizes import Measured, dims_key
+
+    bundle = make_bundle(tmp_path / "b")
+    t12 = store.Target("NVIDIA GeForce RTX 3060", "8.6", "10.13.0", 12)
+    assert store.target_dir(bundle, t12).name == "nvidia-geforce-rtx-3060-12g-sm86-trt10.13.0"
+    assert store.target_dir(bundle, t12) != store.target_dir(bundle, store.Target(t12.gpu, "8.6", "10.13.0", 8))
+    assert store.Target.from_json(t12.to_json()) == t12 and "12 GiB" in t12.describe()
+    dims = {"batch": 1, "frames": 8, "latent_height": 8, "latent_width": 8}
+    for streaming, extra in ((False, {"weights_on_card": 900}), (True, {"weights_on_card": 500, "streamable_weights": 600,
+                                                                          "weight_streaming_budget": 200})):  # fmt: skip
+        path = store.target_dir(bundle, t12) / f"unet-{int(streaming)}.plan"
+        store.write_engine(path, b"\0", {"component": "unet", "dims_max": dims, "device_memory": 70 + streaming,
+                                         "weight_streaming": streaming, **extra})  # fmt: skip
+    got = store.measured_memory(bundle, t12)["unet"]
+    assert got[dims_key(dims)] == Measured(70, 900)
+    assert got[dims_key(dims, True)] == Measured(71, 500 - 200 + 600, 600, 200)  # 300 that cannot stream + 600 streamable
