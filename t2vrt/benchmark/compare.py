@@ -6,7 +6,7 @@ step). Per contender: time per stage (text encode, every UNet step, denoise, VAE
 and passes (videos through the UNet: a guided step at guidance batch 2 is one call of two passes) counted at the
 backend, and peak host RSS. All contenders share one loaded pipeline; each one's memory is sampled in its first
 warm-up, run in ascending order of UNet batch, so the arena a bigger batch grew is not charged to a smaller one.
-Timed runs alternate (harness.alternate). Torch-free.
+Timed runs alternate (harness.alternate), starting in that order. Torch-free.
 """
 
 from __future__ import annotations
@@ -138,6 +138,9 @@ def _runner(pipe: Any, counter: CountingBackend, o: GenerateOptions, x0: np.ndar
         figures = _run_once(lambda: pipe.encode(o.prompt, neg), denoise, lambda lat: pipe.decode(lat, o.vae_chunk),
                             o, clock)  # fmt: skip
         c = counter.take()
+        progress(f"{label}: text encode {figures['text_encode']:.2f} s, denoise {figures['denoise']:.2f} s, decode "
+                 f"{figures['decode']:.2f} s, end to end {figures['end_to_end']:.2f} s; UNet calls/passes "
+                 f"{c['calls']}/{c['passes']}")  # fmt: skip
         return {**figures, "unet_calls": c["calls"], "unet_passes": c["passes"]}
 
     return run
@@ -178,7 +181,8 @@ def run_compare(opts: Any, progress: Progress = lambda s: None) -> dict[str, Any
         warm_counts: dict[str, dict[str, int]] = {}
         rss_loaded = rss_bytes()
         batch = {k: 1 if not o.guided else o.guidance_batch for k, o in options.items()}
-        for k in sorted(options, key=lambda k: batch[k]):  # smaller UNet batch first: see the module docstring
+        order = sorted(options, key=lambda k: batch[k])  # smaller UNet batch first: see the module docstring
+        for k in order:
             o = options[k]
             steps = min(opts.warmup_steps or o.num_inference_steps, o.num_inference_steps)
             warm = _runner(pipe, counter, replace(o, num_inference_steps=steps), x0, clock, f"{k} warm-up", progress)
@@ -193,13 +197,14 @@ def run_compare(opts: Any, progress: Progress = lambda s: None) -> dict[str, Any
                     warm_counts[k] = {"calls": w["unet_calls"], "passes": w["unet_passes"]}
                 else:
                     warm()
-        samples = alternate(runners, warmup=0, repeat=opts.repeat, progress=progress)
+        # timed rounds start in the same order: a run cut short has the short sampler's whole run in its log
+        samples = alternate({k: runners[k] for k in order}, warmup=0, repeat=opts.repeat, progress=progress)
         backend_name, precision, selection = pipe.backend.name, pipe.backend.precision, pipe.selection_note
     finally:
         pipe.close()
     contenders: dict[str, Any] = {}
-    for k, s in samples.items():
-        o = options[k]
+    for k, o in options.items():  # columns in the order given
+        s = samples[k]
         calls, passes = s.pop("unet_calls"), s.pop("unet_passes")
         if len(set(calls)) != 1 or len(set(passes)) != 1:
             raise RuntimeError(f"{k}: UNet calls differ between runs: {calls}, {passes}")
