@@ -12,7 +12,6 @@ the job with both reasons. The job's result record names the replica that made i
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import socket
@@ -27,9 +26,9 @@ from ray.serve.exceptions import ReplicaUnavailableError
 
 from t2vrt.errors import T2VError, UsageError
 from t2vrt.manifest import Manifest, load_manifest
-from t2vrt.runtime import samplers
-from t2vrt.runtime.options import GenerateOptions, resolve_options
-from t2vrt.serve.executor import V2V_KWARGS, ModelInfo, StepFn, pipeline_kwargs
+from t2vrt.runtime.options import GenerateOptions
+from t2vrt.runtime.pipeline import Pipeline
+from t2vrt.serve.executor import LocalExecutor, ModelInfo, StepFn
 from t2vrt.serve.ray_config import RayOptions, models_per_replica
 from t2vrt.serve.ray_replica import RESULT_FILES, deployment
 
@@ -52,16 +51,14 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else 'no message'}"
 
 
-def model_info(name: str, manifest: Manifest) -> ModelInfo:
-    """What LocalExecutor reports for a loaded Pipeline, from the manifest alone (the ingress loads no engines)."""
-    from t2vrt import Pipeline
+class _Described:
+    """What LocalExecutor reads of a Pipeline to describe and check requests (its manifest and its call signature),
+    without loading engines: the ingress then reports exactly what a one-machine server would."""
 
-    params = inspect.signature(Pipeline.__call__).parameters
-    accepts = frozenset(n for n, p in params.items()
-                        if n != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
-    return ModelInfo(id=name, bundle=str(manifest.bundle), defaults=resolve_options(manifest, ""),
-                     fps=int(manifest.defaults.fps), size_multiple=int(manifest.model.size_multiple),
-                     samplers=tuple(samplers.SAMPLERS), accepts=accepts)
+    __call__ = Pipeline.__call__
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
 
 
 def connect(address: str | None) -> None:
@@ -115,8 +112,7 @@ def _unreachable(address: str | None, timeout: float = 5.0) -> str | None:
 class RayExecutor:
     def __init__(self, manifests: dict[str, Manifest], handle: Any, options: RayOptions,
                  on_start: Callable[[str, dict[str, Any]], None] | None = None) -> None:
-        self._manifests = manifests
-        self._models = {name: model_info(name, m) for name, m in manifests.items()}
+        self._described = LocalExecutor({name: _Described(m) for name, m in manifests.items()})  # never run
         self._handle = handle
         self.options = options
         self._on_start = on_start
@@ -137,18 +133,17 @@ class RayExecutor:
         return cls(manifests, handle, o, on_start)
 
     def models(self) -> dict[str, ModelInfo]:
-        return self._models
+        return self._described.models()
 
     def describe(self) -> dict[str, str]:
         o = self.options
         count = f"{o.replicas}..{o.max_replicas} replicas (autoscaling)" if o.max_replicas is not None else \
             f"{o.replicas} replica{'s' * (o.replicas != 1)}"
         where = f"Ray Serve app {o.app_name!r}: {count}, {o.gpus_per_replica:g} GPU each"
-        return {name: f"{where}; each replica picks its backend" for name in self._models}
+        return {name: f"{where}; each replica picks its backend" for name in self.models()}
 
     def validate(self, model: str, prompt: str, **given: Any) -> GenerateOptions:
-        kw = {k: v for k, v in pipeline_kwargs(given).items() if k not in V2V_KWARGS}
-        return resolve_options(self._manifests[model], prompt, **kw)
+        return self._described.validate(model, prompt, **given)
 
     def run(self, job: dict[str, Any], out_dir: Path, on_step: StepFn) -> dict[str, Any]:
         spec: dict[str, Any] = {k: job[k] for k in ("id", "model", "prompt", "given")}
