@@ -453,6 +453,27 @@ def test_build_replans_when_reality_exceeds_the_budget(env: _Env) -> None:
     b.close()
 
 
+def test_build_command_names_the_card_and_its_budget_and_replans(env: _Env) -> None:
+    from click.testing import CliRunner
+
+    from t2vrt.cli import cli
+
+    env.fake.weights["text_encoder"] = 300 * MiB
+    env.fake.activation["unet"] = 300 * MiB
+    r = CliRunner().invoke(cli, ["build", str(env.bundle), "--vram", "1GiB"])
+    print("\n" + r.output)
+    assert r.exit_code == 0, r.output
+    assert f"building for {GPU_NAME} (sm 8.9, 24 GiB) with TensorRT {TRT_VERSION}; --vram 1.00 GiB: the card's size" in r.output
+    assert "re-planning (the engines as built do not fit the card" in r.output and "as built, in TensorRT's own figures:" in r.output
+    p = Plan.from_json((store.read_plan(env.bundle, env.target) or {})["plan"])
+    assert p.residency == "sequential" and not p.free and p.budget == 1 * GiB - CONTEXT_RESERVE
+    # without --vram: the card's free memory, measured (this process's CUDA context already out of it)
+    r = CliRunner().invoke(cli, ["build", str(env.bundle)])
+    assert r.exit_code == 0 and "free memory on NVIDIA Fake RTX 9000, 24 GiB" in r.output, r.output
+    p = Plan.from_json((store.read_plan(env.bundle, env.target) or {})["plan"])
+    assert p.free and p.budget == p.vram <= env.cuda.total - env.cuda.context_bytes
+
+
 def test_build_fails_naming_what_fits_when_no_replan_fits(env: _Env) -> None:
     facts = bundle_facts(env.bundle)
     env.fake.activation["unet"] = 800 * MiB  # more than a 1 GiB card has, whatever the arrangement
