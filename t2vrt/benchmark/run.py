@@ -134,11 +134,11 @@ def _planner_prediction(manifest: Manifest, backend: Any, o: GenerateOptions) ->
     try:
         if isinstance(getattr(backend, "plan", None), dict):
             return {"peak_bytes": Plan.from_json(backend.plan).peak, "source": "the TensorRT engines' plan"}
-        from t2vrt.engine.facts import bundle_facts, make_plan, vram_option
+        from t2vrt.engine.facts import bundle_facts, card_memory, make_plan
 
-        vram, where = vram_option(None)
-        p = make_plan(bundle_facts(manifest.bundle), Request(o.num_frames, o.height, o.width), vram)
-        return {"peak_bytes": p.peak, "source": f"planner estimate for TensorRT ({where})"}
+        mem = card_memory(None)
+        p = make_plan(bundle_facts(manifest.bundle), Request(o.num_frames, o.height, o.width), mem.bytes, mem.free)
+        return {"peak_bytes": p.peak, "source": f"planner estimate for TensorRT ({mem.source})"}
     except Exception as e:  # the planner is optional and must never break a benchmark; say why it is missing
         return {"peak_bytes": None, "source": f"unavailable: {e}"}
 

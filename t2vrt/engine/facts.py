@@ -121,9 +121,3 @@ def card_memory(text: str | None, gpu: GpuInfo | None = None) -> Memory:
         return Memory(gpu.free_bytes, True, f"--vram {fmt(vram)} is more than the {fmt(gpu.free_bytes)} free on {where}: "
                                             "planned for the free memory")  # fmt: skip
     return Memory(vram, False, f"--vram {fmt(vram)}: the card's size, less {fmt(CONTEXT_RESERVE)} for the CUDA context")
-
-
-def vram_option(text: str | None) -> tuple[int, str]:
-    """--vram given, or this card's free memory; (bytes, where it came from). Prefer card_memory: it says which."""
-    m = card_memory(text)
-    return m.bytes, m.source

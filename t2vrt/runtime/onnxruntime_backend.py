@@ -91,7 +91,7 @@ def cuda_memory_plan(manifest: Manifest, precision: str) -> tuple[int | None, bo
         from t2vrt.engine.facts import bundle_facts, make_plan, request_from
 
         facts = bundle_facts(manifest.bundle)
-        plan = make_plan(facts, request_from(facts, None, None, None, False), gpu.free_bytes)
+        plan = make_plan(facts, request_from(facts, None, None, None, False), gpu.free_bytes, free=True)
         sequential = plan.residency != "resident"
     except T2VError:  # nothing fits even one at a time: try anyway, one at a time
         sequential = True
