@@ -61,7 +61,8 @@ def test_graphs_are_dynamic(tiny_bundle: Path, tiny_models) -> None:
     _, models = tiny_models
     m = load_manifest(tiny_bundle)
     other = {"text_encoder": {"text_batch": 1}, "unet": {"batch": 2, "frames": 1, "latent_height": 8, "latent_width": 24},
-             "vae_decoder": {"vae_batch": 1, "latent_height": 5, "latent_width": 7}}
+             "vae_decoder": {"vae_batch": 1, "latent_height": 5, "latent_width": 7},
+             "vae_encoder": {"vae_batch": 1, "latent_height": 3, "latent_width": 7}}
     for name in COMPONENTS:
         c = m.components[name]
         x = sample_inputs(c.io, other[name], seed=3)
