@@ -46,7 +46,7 @@ def reports_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-_NAMES = ("info", "export", "plan", "build", "generate", "bench", "serve")
+_NAMES = ("info", "export", "plan", "build", "generate", "upscale", "extend", "bench", "serve")
 
 
 def _load() -> list[click.Command]:

@@ -137,7 +137,7 @@ class Init:
                                     ("posterior noise", self.posterior_noise), ("hold noise", self.hold_noise))
                      if v is not None] + (["start frame"] if self.start_frame else [])  # fmt: skip
             if extra:
-                raise UsageError(f"{', '.join(extra)} need an init video or an init image")
+                raise UsageError(f"{', '.join(extra)}: only with an init video or an init image")
             return
         if self.strength is not None:
             vid2vid.check_strength(self.strength)
@@ -206,6 +206,8 @@ def prepare(
     kind = init.kind
     if kind is None:
         return None
+    if kind != "latents" and ENCODER not in manifest.components:  # before any clip is read
+        raise encoder_missing(manifest)
     strength = DEFAULT_STRENGTH[kind] if init.strength is None else init.strength
     sampler = samplers.get(o.scheduler)
     timesteps = vid2vid.kept_timesteps(sampler.timesteps(manifest.schedule.num_train_timesteps, o.num_inference_steps),
