@@ -12,8 +12,8 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,11 +22,14 @@ from torch import nn
 from t2vrt.components import COMPONENTS
 from t2vrt.config import ModelConfig
 from t2vrt.errors import UsageError
-from t2vrt.export import gates
+from t2vrt.export import gates, onnx_io
+from t2vrt.export.loras import apply_loras, plan_loras, with_few_step_defaults
 from t2vrt.export.numerics import sample_inputs
-from t2vrt.export.onnx_io import trace_to_onnx
+from t2vrt.export.onnx_io import module_bytes, trace_to_onnx
 from t2vrt.export.owner import legacy_bundle
 from t2vrt.export.plan import ExportOptions, ExportPlan, make_plan, read_previous, sha256_file
+from t2vrt.export.stream import load_half, spill_half
+from t2vrt.export.tokenizer_json import write_tokenizer_json
 from t2vrt.manifest import (
     MANIFEST_NAME,
     Component,
@@ -36,12 +39,14 @@ from t2vrt.manifest import (
     TokenizerInfo,
     write_json_atomic,
 )
+from t2vrt.models.checkpoint_config import config_of
+from t2vrt.models.source import resolve
+from t2vrt.models.weights import PartReader, load_component
+from t2vrt.runtime import schedulers  # the runtime's schedule math: the manifest's betas are what it samples with
+from t2vrt.runtime.onnxruntime_backend import make_session
+from t2vrt.runtime.tokenizer import Tokenizer
 from t2vrt.safety.atomic import StagedDir
 from t2vrt.safety.paths import confine
-from t2vrt.runtime import schedulers  # the runtime's schedule math: the manifest's betas are what it samples with
-
-if TYPE_CHECKING:
-    from t2vrt.models.weights import PartReader
 
 Progress = Callable[[str], None]
 __all__ = ["EngineIO", "ExportOptions", "export_bundle"]
@@ -91,11 +96,6 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def export_bundle(opts: ExportOptions, progress: Progress = lambda s: None) -> Path:
-    from t2vrt.export.tokenizer_json import write_tokenizer_json
-    from t2vrt.models.checkpoint_config import config_of
-    from t2vrt.models.source import resolve
-    from t2vrt.models.weights import PartReader
-
     opts.validate()
     out = Path(opts.out)
     staged = _check_out(out)
@@ -104,8 +104,6 @@ def export_bundle(opts: ExportOptions, progress: Progress = lambda s: None) -> P
     cfg = config_of(source, read)
     lora_plan = None
     if opts.loras:  # read and checked now: a bad LoRA fails before anything is written
-        from t2vrt.export.loras import plan_loras, with_few_step_defaults
-
         lora_plan = plan_loras(opts.loras, cfg, opts.few_step, opts.guidance_w)
         cfg = with_few_step_defaults(cfg, lora_plan)
     plan = make_plan(opts, source, cfg, read_previous(out), lora_plan)
@@ -139,17 +137,7 @@ def _execute(plan: ExportPlan, read: PartReader, tmp: Path, tok: TokenizerInfo, 
     todo = plan.todo
     chain = (plan.previous or {}).get("fp16_gate") if not any(p == "fp16" for _, p in todo) else None
     if todo:
-        from t2vrt.models.weights import load_weights
-
-        progress(f"loading {plan.source.layout} checkpoint {plan.source.root}")
-        t0 = time.perf_counter()
-        models = load_weights(plan.source, plan.config, read, dtype=torch.float32)
-        progress(f"loaded in {time.perf_counter() - t0:.1f} s")
-        if plan.lora is not None:
-            from t2vrt.export.loras import apply_loras
-
-            apply_loras(models["unet"], plan.lora, plan.config, progress)  # before the fp32 references and tracing
-        chain = _export_components(plan, models, files, tmp, progress) or chain
+        chain = _export_components(plan, read, files, tmp, progress) or chain
 
     cfg = plan.config
     components = {n: Component(n, c.io(cfg), files[n]) for n, c in COMPONENTS.items() if files[n]}
@@ -161,46 +149,65 @@ def _execute(plan: ExportPlan, read: PartReader, tmp: Path, tok: TokenizerInfo, 
     )  # fmt: skip
 
 
+def _load(plan: ExportPlan, read: PartReader, name: str, progress: Progress) -> nn.Module:
+    """One component's fp32 module (LoRAs merged into the UNet before anything is measured or traced)."""
+    t0 = time.perf_counter()
+    module = load_component(name, plan.source, plan.config, read, dtype=torch.float32)
+    progress(f"{name}: loaded from the {plan.source.layout} checkpoint in {time.perf_counter() - t0:.1f} s")
+    if name == "unet" and plan.lora is not None:
+        apply_loras(module, plan.lora, plan.config, progress)
+    return module
+
+
 def _export_components(
-    plan: ExportPlan, models: dict[str, nn.Module], files: dict[str, dict[str, ComponentFile]], tmp: Path,
-    progress: Progress,
-) -> dict | None:  # fmt: skip
-    """fp32 references first (before any module is cast), then each ONNX file, each gated as it is written.
+    plan: ExportPlan, read: PartReader, files: dict[str, dict[str, ComponentFile]], tmp: Path, progress: Progress
+) -> dict[str, float] | None:
+    """Component by component: load it, take its fp32 references (and its stage of the fp16 gate's chain), trace
+    each precision, drop it, then gate its graphs; at the end, the fp16 chain through the fp16 graphs.
 
-    `models` is consumed: each module is dropped once traced, so at full size the peak is one module plus one ORT
-    session, not all of them."""
-    from t2vrt.runtime.onnxruntime_backend import make_session
-
+    At full size only one PyTorch module is ever loaded, a big one is cast to fp16 through a spill file rather than
+    beside its fp32 self, and an ORT session never shares memory with a module."""
     cfg, todo = plan.config, plan.todo
     vocab = cfg.text_encoder.vocab_size
-    refs = {}
-    for name, c in COMPONENTS.items():
-        check = sample_inputs(c.io(cfg), c.check_dims, seed=1, vocab_size=vocab)
-        refs[name] = (check, gates.torch_run(models[name], check))
     want_chain = any(p == "fp16" for _, p in todo)
     chain_in = _chain_inputs(cfg, tmp / "tokenizer.json") if want_chain else None
-    chain32 = gates.chain_frames(lambda n, i: gates.torch_run(models[n], i), chain_in) if want_chain else None
+    chain32 = gates.Chain(chain_in) if chain_in is not None else None
 
     for name, c in COMPONENTS.items():
+        jobs = [p for p in ("fp32", "fp16") if (name, p) in todo]
+        if not jobs and not (chain32 is not None and name in gates.Chain.STAGES):
+            continue
         spec = c.io(cfg)
+        module = _load(plan, read, name, progress)
+        check = sample_inputs(spec, c.check_dims, seed=1, vocab_size=vocab)
+        ref = gates.torch_run(module, check)
+        if chain32 is not None:
+            chain32.feed(name, partial(gates.torch_run, module))
         fp32_inputs = tuple(t.name in c.fp32_inputs for t in spec.inputs)
         traced: list[tuple[str, Path, Path | None, float]] = []
-        for p in ("fp32", "fp16"):  # fp32 first: the module is cast in place for fp16
-            if (name, p) not in todo:
-                continue
+        for p in jobs:  # fp32 first: then the module is cast for fp16
             dtype = torch.float32 if p == "fp32" else torch.float16
-            module = models[name].to(dtype)
+            if p == "fp16" and module_bytes(module) >= onnx_io.EXTERNAL_DATA_THRESHOLD:
+                # Big: through a spill file, so the fp32 and fp16 weights are never in memory together.
+                spill = tmp / f".{name}.fp16-spill"
+                index = spill_half(module, spill)
+                del module  # the last reference: the fp32 weights (and their mapped checkpoint pages) go
+                gc.collect()
+                with torch.device("meta"):
+                    module = c.build(cfg)
+                module = load_half(module, spill, index)
+                spill.unlink()
+            elif p == "fp16":
+                module = module.to(torch.float16)
             path = tmp / name / p / "model.onnx"
             t0 = time.perf_counter()
             progress(f"{name} {p}: tracing to ONNX (opset {plan.options.opset})")
             trace = sample_inputs(spec, c.trace_dims, vocab_size=vocab)
             data = trace_to_onnx(EngineIO(module, dtype, fp32_inputs), spec, trace, path, plan.options.opset)
             traced.append((p, path, data, time.perf_counter() - t0))
-        module = None
-        models.pop(name)  # the caller's dict: its last reference to the module
+        del module
         gc.collect()
         # Gate after the module is gone: at full size an ORT session of the UNet never shares memory with it.
-        check, ref = refs[name]
         for p, path, data, t_export in traced:
             got = make_session(path, prepack=False).run(spec.output_names, check)[0]
             parity = gates.check_component(name, p, got, ref)
@@ -210,7 +217,7 @@ def _export_components(
                 data_sha256=sha256_file(data) if data is not None else "",
             )
             progress(f"{name} {p}: {size / 2**20:.1f} MiB, rel L2 vs PyTorch fp32 {parity['rel_l2']:.2e} ({t_export:.1f} s)")
-    if not want_chain:
+    if chain32 is None or chain_in is None:
         return None
 
     def run16(name: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -218,15 +225,13 @@ def _export_components(
         return make_session(files[name]["fp16"].path, prepack=False).run(None, inputs)[0]
 
     frames16 = gates.chain_frames(run16, chain_in)
-    result = gates.check_fp16_chain(frames16, chain32)
+    result = gates.check_fp16_chain(frames16, chain32.frames)
     progress(f"fp16 gate: decoded frames {result['psnr_db']:.1f} dB PSNR vs fp32 (bar {gates.FP16_PSNR_BAR_DB:.0f} dB)")
     return result
 
 
 def _chain_inputs(cfg: ModelConfig, tokenizer_file: Path) -> gates.ChainInputs:
     """The bundle's own tokenizer file through the runtime's tokenizer: the gate sees the ids users will."""
-    from t2vrt.runtime.tokenizer import Tokenizer
-
     tokens = Tokenizer.from_file(tokenizer_file, context_length=cfg.text_encoder.context_length).encode(
         ["a red panda playing an electric guitar on a rooftop at night", ""]
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -59,19 +60,55 @@ class ChainInputs:
     alpha_cumprod: float  # at CHAIN_TIMESTEP
 
 
-def chain_frames(run: Callable[[str, dict[str, np.ndarray]], np.ndarray], x: ChainInputs) -> np.ndarray:
-    """tokens -> guided eps at t -> x0 prediction -> decoded frames (f, 3, H, W).
+Run = Callable[[dict[str, np.ndarray]], np.ndarray]  # one component's call on numpy inputs
 
-    `run(component, inputs)` runs one component (PyTorch or ONNX) on numpy inputs and returns its output."""
-    emb = run("text_encoder", {"tokens": x.tokens})  # (2, L, C)
-    lat = np.concatenate([x.latents, x.latents])  # (2, c, f, h, w)
-    t = np.full((2,), CHAIN_TIMESTEP, np.float32)
-    eps_c, eps_u = run("unet", {"latents": lat, "timestep": t, "text_embeddings": emb})
-    eps = guide(eps_c, eps_u, CHAIN_GUIDANCE)
-    a = x.alpha_cumprod
-    x0 = (x.latents[0] - np.sqrt(1 - a) * eps) / np.sqrt(a)  # (c, f, h, w)
-    frames = np.ascontiguousarray(x0.transpose(1, 0, 2, 3), dtype=np.float32)  # (f, c, h, w)
-    return run("vae_decoder", {"latents": frames})
+
+class Chain:
+    """tokens -> guided eps at t -> x0 prediction -> decoded frames (f, 3, H, W), fed one component at a time.
+
+    Each stage needs only the previous stage's output, so an export can feed a component while it is the only one
+    loaded (at full size, never two PyTorch modules at once)."""
+
+    STAGES = ("text_encoder", "unet", "vae_decoder")
+
+    def __init__(self, x: ChainInputs) -> None:
+        self.x = x
+        self.carry: np.ndarray | None = None  # the last stage's output
+        self.fed: list[str] = []
+
+    def feed(self, name: str, run: Run) -> None:
+        if name not in self.STAGES:
+            return
+        if self.STAGES[len(self.fed)] != name:
+            raise ValueError(f"the chain takes {self.STAGES[len(self.fed)]} next, not {name}")
+        x = self.x
+        if name == "text_encoder":
+            self.carry = run({"tokens": x.tokens})  # (2, L, C)
+        elif name == "unet":
+            lat = np.concatenate([x.latents, x.latents])  # (2, c, f, h, w)
+            t = np.full((2,), CHAIN_TIMESTEP, np.float32)
+            eps_c, eps_u = run({"latents": lat, "timestep": t, "text_embeddings": self.carry})  # type: ignore[dict-item]
+            eps = guide(eps_c, eps_u, CHAIN_GUIDANCE)
+            a = x.alpha_cumprod
+            x0 = (x.latents[0] - np.sqrt(1 - a) * eps) / np.sqrt(a)  # (c, f, h, w)
+            self.carry = np.ascontiguousarray(x0.transpose(1, 0, 2, 3), dtype=np.float32)  # (f, c, h, w)
+        else:
+            self.carry = run({"latents": self.carry})  # type: ignore[dict-item]
+        self.fed.append(name)
+
+    @property
+    def frames(self) -> np.ndarray:
+        if len(self.fed) != len(self.STAGES):
+            raise ValueError(f"the chain has been fed {self.fed}, not all of {self.STAGES}")
+        return self.carry  # type: ignore[return-value]
+
+
+def chain_frames(run: Callable[[str, dict[str, np.ndarray]], np.ndarray], x: ChainInputs) -> np.ndarray:
+    """The whole chain with `run(component, inputs)` (PyTorch or ONNX) for every stage."""
+    chain = Chain(x)
+    for name in Chain.STAGES:
+        chain.feed(name, partial(run, name))
+    return chain.frames
 
 
 def check_fp16_chain(frames16: np.ndarray, frames32: np.ndarray) -> dict[str, float]:

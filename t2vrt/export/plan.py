@@ -13,6 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import onnx
+import onnxruntime
+import torch
+
 import t2vrt
 from t2vrt.components import COMPONENTS
 from t2vrt.config import ModelConfig, to_dict
@@ -44,13 +48,9 @@ class ExportOptions:
 
 
 def versions() -> dict[str, str]:
-    import onnx
-    import onnxruntime
-    import torch
-
     out = {"t2vrt": t2vrt.__version__, "python": platform.python_version(), "torch": torch.__version__,
            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}  # fmt: skip
-    try:
+    try:  # optional: only the original layout's text encoder comes from open_clip
         import open_clip
 
         out["open_clip"] = open_clip.__version__

@@ -124,3 +124,32 @@ def export_streamed(module: nn.Module, spec: IOSpec, inputs: dict[str, np.ndarra
     graph.input.extend(inputs_kept)
     onnx.save_model(model, str(path))
     return data
+
+
+def spill_half(module: nn.Module, path: Path) -> list[tuple[str, tuple[int, ...], int]]:
+    """Write `module`'s state dict as fp16 to `path`, one tensor at a time; returns (key, shape, offset) per tensor.
+
+    With load_half, a big fp32 module becomes fp16 without both copies in memory at once: the caller drops the fp32
+    module (its memory-mapped checkpoint pages go with it) between the two."""
+    index = []
+    with open(path, "wb") as out:
+        for key, t in module.state_dict().items():
+            arr = t.detach().to(torch.float16 if t.is_floating_point() else t.dtype).cpu().numpy()
+            index.append((key, tuple(arr.shape), out.tell()))
+            out.write(np.ascontiguousarray(arr).tobytes())
+    return index
+
+
+def load_half(module: nn.Module, path: Path, index: list[tuple[str, tuple[int, ...], int]]) -> nn.Module:
+    """Fill `module` (built on the meta device) from spill_half's file; returns it in fp16, eval mode."""
+    ref = module.state_dict()
+    state = {}
+    for key, shape, offset in index:
+        dtype = np.float16 if ref[key].is_floating_point() else np.dtype(str(ref[key].dtype).removeprefix("torch."))
+        count = int(np.prod(shape, dtype=np.int64))
+        state[key] = torch.from_numpy(np.fromfile(path, dtype=dtype, count=count, offset=offset).reshape(shape))
+    module.load_state_dict(state, strict=True, assign=True)
+    init_buffers = getattr(module, "init_buffers", None)
+    if callable(init_buffers):
+        init_buffers("cpu")  # non-persistent buffers (the causal mask) are in no state dict
+    return module.to(torch.float16).eval().requires_grad_(False)

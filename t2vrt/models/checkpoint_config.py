@@ -16,13 +16,14 @@ from typing import Any, TypeVar
 
 import torch
 
-from t2vrt.errors import T2VError, UsageError
-from t2vrt.models.source import Source, read_json_object
 from t2vrt.config import PRESETS, ModelConfig, ScheduleConfig, preset
-from t2vrt.models.weights import PartReader
-from t2vrt.config.vae import VAEConfig
 from t2vrt.config.checks import check_model_config
 from t2vrt.config.parse import ConfigError
+from t2vrt.config.vae import VAEConfig
+from t2vrt.errors import T2VError, UsageError
+from t2vrt.models import text_encoder_keys, unet3d_keys, vae_keys
+from t2vrt.models.source import Source, read_json_object
+from t2vrt.models.weights import PartReader
 
 Tensor = torch.Tensor
 StateDict = dict[str, Tensor]
@@ -79,8 +80,6 @@ def _model_cfg(source: Source) -> dict:
 
 
 def _original_config(source: Source, read: PartReader):
-    from t2vrt.models import text_encoder_keys, unet3d_keys, vae_keys
-
     model_cfg = _model_cfg(source)
     cfg_file = source.parts["config"]
     unet = _guard("unet config", cfg_file, unet3d_keys.config_from_original, model_cfg)
@@ -126,8 +125,6 @@ def vae_config_from_state(sd: Mapping[str, Tensor], base: VAEConfig) -> VAEConfi
 
 
 def _diffusers_config(source: Source):
-    from t2vrt.models import text_encoder_keys, unet3d_keys, vae_keys
-
     p = source.parts
     unet = _guard("unet config", p["unet_config"], unet3d_keys.config_from_diffusers, read_json_object(p["unet_config"]))
     text = _guard(

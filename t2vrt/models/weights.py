@@ -12,6 +12,7 @@ from torch import nn
 from t2vrt.components import COMPONENTS, resolve_ref
 from t2vrt.config import ModelConfig, preset
 from t2vrt.errors import T2VError
+from t2vrt.models.random_init import randomize_
 from t2vrt.models.safe_load import load_lightning_state_dict, load_state_file
 from t2vrt.models.source import Source, read_json_object
 
@@ -32,6 +33,13 @@ class PartReader:
 
     def drop(self, part: str) -> None:
         self._cache.pop(part, None)
+
+    def done(self, component: str) -> None:
+        """`component` is loaded: drop its file unless a later component (registry order) reads it too."""
+        names = list(COMPONENTS)
+        part = COMPONENTS[component].keys.part
+        if not any(COMPONENTS[n].keys.part == part for n in names[names.index(component) + 1 :]):
+            self.drop(part)
 
 
 def _read(source: Source, part: str) -> StateDict:
@@ -80,8 +88,6 @@ def build_modules(cfg: ModelConfig, device: str | torch.device = "cpu") -> dict[
 
 def tiny_model(seed: int = 0) -> dict[str, nn.Module]:
     """The embedded `tiny` model: preset "tiny", every weight drawn with a fixed per-component seed (eval mode)."""
-    from t2vrt.models.random_init import randomize_
-
     models = build_modules(preset("tiny"))
     for name, module in models.items():
         randomize_(module, seed=1000 * seed + COMPONENTS[name].tiny_seed)
@@ -89,33 +95,36 @@ def tiny_model(seed: int = 0) -> dict[str, nn.Module]:
     return models
 
 
+def load_component(
+    name: str, source: Source, cfg: ModelConfig, read: PartReader, dtype: torch.dtype = torch.float32
+) -> nn.Module:
+    """One component with the checkpoint's weights, in eval mode, cast once to `dtype`.
+
+    The module is built on the meta device and takes the checkpoint's tensors as they are (assign=True; memory-mapped
+    files stay mapped), after every key and shape has been checked; the first problem is a T2VError naming it."""
+    c = COMPONENTS[name]
+    if source.layout == "embedded":
+        module = randomize_(c.build(preset(str(source.root))), seed=c.tiny_seed)
+    else:
+        with torch.device("meta"):
+            module = c.build(cfg)
+        state = our_state_dict(name, source, cfg, read)
+        check_state(name, module, state, source.parts.get(c.keys.part))
+        module.load_state_dict({k: _cast_aligned(v, dtype) for k, v in state.items()}, strict=True, assign=True)
+        init_buffers = getattr(module, "init_buffers", None)
+        if callable(init_buffers):
+            init_buffers("cpu")  # non-persistent buffers (the causal mask) are not in any checkpoint
+        _check_materialised(name, module)
+    module.to(dtype).eval().requires_grad_(False)
+    read.done(name)
+    return module
+
+
 def load_weights(
     source: Source, cfg: ModelConfig, read: PartReader, dtype: torch.dtype = torch.float32
 ) -> dict[str, nn.Module]:
-    """Our modules with the checkpoint's weights, in eval mode, cast once to `dtype`.
-
-    Modules are built on the meta device and take the checkpoint's tensors as they are (assign=True; memory-mapped
-    files stay mapped), after every key and shape has been checked; the first problem is a T2VError naming it. Each
-    file is dropped from `read` once the components that need it are loaded.
-    """
-    if source.layout == "embedded":
-        models = tiny_model()
-    else:
-        models = build_modules(cfg, device="meta")
-        for name, module in models.items():
-            part = COMPONENTS[name].keys.part
-            state = our_state_dict(name, source, cfg, read)
-            check_state(name, module, state, source.parts.get(part))
-            module.load_state_dict({k: _cast_aligned(v, dtype) for k, v in state.items()}, strict=True, assign=True)
-            if not any(COMPONENTS[n].keys.part == part for n in list(models)[list(models).index(name) + 1 :]):
-                read.drop(part)
-            init_buffers = getattr(module, "init_buffers", None)
-            if callable(init_buffers):
-                init_buffers("cpu")  # non-persistent buffers (the causal mask) are not in any checkpoint
-            _check_materialised(name, module)
-    for module in models.values():
-        module.to(dtype).eval().requires_grad_(False)
-    return models
+    """Every component (see load_component); each file is dropped from `read` once no later component needs it."""
+    return {name: load_component(name, source, cfg, read, dtype) for name in COMPONENTS}
 
 
 def _cast_aligned(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

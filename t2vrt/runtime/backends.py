@@ -3,6 +3,8 @@
 `t2vrt generate --backend`, `Pipeline.from_bundle(backend=)`, the bench and the server all read BACKENDS. A new
 backend is a class implementing t2vrt.runtime.backend.Backend and one `BackendDef` here. "auto" takes the first
 usable entry in order; "onnxruntime" the first usable ONNX Runtime entry.
+
+Each backend's module is imported only when it is asked about: TensorRT and ONNX Runtime load CUDA libraries.
 """
 
 from __future__ import annotations
