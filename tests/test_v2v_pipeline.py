@@ -172,3 +172,11 @@ def test_every_video_records_its_prompt(pipe: Pipeline, tmp_path: Path) -> None:
     rec = read_metadata(path)
     assert rec is not None and rec["prompt"] == PROMPT and rec["negative_prompt"] == "blurry"
     assert rec["seed"] == 9 and rec["frames"] == 4 and rec["model"] == pipe.manifest.model_name and "init" not in rec
+
+
+def test_consistency_sampler_runs_from_the_kept_steps(pipe: Pipeline) -> None:
+    """A few-step consistency sampler starts mid-schedule too: 4 lcm steps at strength 0.5 run the last 2."""
+    steps: list[tuple[int, int]] = []
+    v = pipe(PROMPT, init_video=_clip(n=4)[:, :, :64], strength=0.5, scheduler="lcm", guidance_scale=1.0,
+             callback=lambda i, n: steps.append((i, n)), **{**SMALL, "num_inference_steps": 4})  # fmt: skip
+    assert v.frames.shape == (4, 64, 64, 3) and steps == [(1, 2), (2, 2)]
