@@ -161,8 +161,8 @@ def owner_of(target: Path, kind: str, recognise: Recognise | None = None, flag: 
     if owner is None:
         entries = sorted(os.listdir(target))
         what = f"{len(entries)} entries, e.g. {', '.join(entries[:3])}" if entries else "empty"
-        raise UsageError(f"{flag} {target} exists and was not written by t2vrt ({what}); not touching it: "
-                         f"choose a new path, or move it away yourself")  # fmt: skip
+        raise UsageError(f"{flag} {target} exists and is not a t2vrt {kind}: it was not written by t2vrt ({what}); "
+                         f"not touching it: choose a new path, or move it away yourself")  # fmt: skip
     if owner.kind != kind:
         raise UsageError(f"{flag} {target} is a t2vrt {owner.kind}, not a {kind}; not replacing it")
     return owner
