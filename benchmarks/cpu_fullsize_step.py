@@ -66,8 +66,21 @@ def export_unet(work: Path, seed: int, opset: int) -> Path:
     wait_for_memory(12)
     t0 = time.perf_counter()
     log("exporting the UNet to ONNX in a child process")
-    subprocess.run([sys.executable, __file__, "--export-only", str(out), "--model", MODEL, "--seed", str(seed),
-                    "--opset", str(opset)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--export-only",
+            str(out),
+            "--model",
+            MODEL,
+            "--seed",
+            str(seed),
+            "--opset",
+            str(opset),
+        ],
+        check=True,
+    )
     log(f"exported in {time.perf_counter() - t0:.0f} s")
     return out / "model.onnx"
 
@@ -75,10 +88,10 @@ def export_unet(work: Path, seed: int, opset: int) -> Path:
 def _export_child(out: Path, seed: int, opset: int) -> None:
     import torch
 
-    from t2vrt.export.bundle import EngineIO
     from t2vrt.components import COMPONENTS
-    from t2vrt.export.numerics import sample_inputs
     from t2vrt.config import preset
+    from t2vrt.export.bundle import EngineIO
+    from t2vrt.export.numerics import sample_inputs
 
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -86,9 +99,17 @@ def _export_child(out: Path, seed: int, opset: int) -> None:
     spec = COMPONENTS["unet"].io(preset(MODEL))
     inputs = tuple(torch.from_numpy(v) for v in sample_inputs(spec, COMPONENTS["unet"].trace_dims).values())
     with torch.no_grad():
-        torch.onnx.export(EngineIO(build_unet(seed), torch.float32), inputs, str(tmp / "model.onnx"),
-                          input_names=spec.input_names, output_names=spec.output_names,
-                          dynamic_axes=spec.dynamic_axes(), opset_version=opset, do_constant_folding=True, dynamo=False)
+        torch.onnx.export(
+            EngineIO(build_unet(seed), torch.float32),
+            inputs,
+            str(tmp / "model.onnx"),
+            input_names=spec.input_names,
+            output_names=spec.output_names,
+            dynamic_axes=spec.dynamic_axes(),
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
     log(f"child peak RSS {peak_rss_bytes() / 2**30:.1f} GiB")
     tmp.rename(out)
 
@@ -120,7 +141,9 @@ def step_inputs(seed: int = 3) -> dict[str, np.ndarray]:
     return {
         "latents": rng.standard_normal((b, 4, f, h, w), dtype=np.float32),
         "timestep": np.full((b,), 500.0, np.float32),
-        "text_embeddings": rng.standard_normal((b, cfg.text_encoder.context_length, cfg.unet.context_dim), dtype=np.float32),
+        "text_embeddings": rng.standard_normal(
+            (b, cfg.text_encoder.context_length, cfg.unet.context_dim), dtype=np.float32
+        ),
     }
 
 
@@ -136,8 +159,14 @@ def ort_variants(threads: int) -> dict[str, dict]:
     }
 
 
-def make_session(path: Path, threads: int, level: str = "ORT_ENABLE_ALL", config: dict | None = None,
-                 arena: bool = True, mem_pattern: bool = True):
+def make_session(
+    path: Path,
+    threads: int,
+    level: str = "ORT_ENABLE_ALL",
+    config: dict | None = None,
+    arena: bool = True,
+    mem_pattern: bool = True,
+):
     import onnxruntime as ort
 
     o = ort.SessionOptions()
@@ -172,8 +201,13 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--model", default=MODEL, help=argparse.SUPPRESS)  # "tiny": a smoke run of this script
     ap.add_argument("--latent", type=int, default=DIMS["latent_height"], help=argparse.SUPPRESS)
-    ap.add_argument("--recount", type=Path, default=None, metavar="JSON",
-                    help="re-derive a record: FLOPs counted again, GEMM peak measured again (best kept)")
+    ap.add_argument(
+        "--recount",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="re-derive a record: FLOPs counted again, GEMM peak measured again (best kept)",
+    )
     ap.add_argument("--export-only", type=Path, default=None, help=argparse.SUPPRESS)  # the export child
     args = ap.parse_args()
     globals()["MODEL"] = args.model
@@ -183,7 +217,9 @@ def main() -> None:
     if args.recount:
         import torch
 
-        onnx_path = args.work / f"{MODEL}-unet-seed{args.seed}-opset{args.opset}-torch{torch.__version__}" / "model.onnx"
+        onnx_path = (
+            args.work / f"{MODEL}-unet-seed{args.seed}-opset{args.opset}-torch{torch.__version__}" / "model.onnx"
+        )
         return recount(args.recount, onnx_path, args.threads or 2)
 
     import psutil
@@ -194,15 +230,25 @@ def main() -> None:
     threads = args.threads or cpu_threads()
     torch.set_num_threads(threads)
     args.work.mkdir(parents=True, exist_ok=True)
-    record: dict = {"benchmark": "cpu_fullsize_step", "date": R.stamp(), "machine": R.machine_info(),
-                    "versions": R.versions(), "model": args.model, "weights": "random (randomize_, seed %d)" % args.seed,
-                    "shapes": {**DIMS, "channels": 4}, "threads": threads,
-                    "settings": {"warmup": args.warmup, "repeat": args.repeat, "screen_repeat": args.screen_repeat,
-                                 "clock": "host perf_counter (CPU)"}}
+    record: dict = {
+        "benchmark": "cpu_fullsize_step",
+        "date": R.stamp(),
+        "machine": R.machine_info(),
+        "versions": R.versions(),
+        "model": args.model,
+        "weights": f"random (randomize_, seed {args.seed})",
+        "shapes": {**DIMS, "channels": 4},
+        "threads": threads,
+        "settings": {
+            "warmup": args.warmup,
+            "repeat": args.repeat,
+            "screen_repeat": args.screen_repeat,
+            "clock": "host perf_counter (CPU)",
+        },
+    }
 
     log("measuring the fp32 GEMM peak")
     record["gemm_peak_gflops"] = F.gemm_peak_gflops(threads=threads)
-    peak = max(record["gemm_peak_gflops"].values())
     log(f"GEMM peak {record['gemm_peak_gflops']}")
 
     path = export_unet(args.work, args.seed, args.opset)
@@ -224,7 +270,9 @@ def main() -> None:
         record["flops"]["torch_flop_counter"] = int(fc.get_total_flops())
     except Exception as e:  # the cross-check is optional
         record["flops"]["torch_flop_counter_error"] = str(e)
-    log(f"step FLOPs {g.total / 1e12:.2f} T (graph), {record['flops'].get('torch_flop_counter', 0) / 1e12:.2f} T (torch)")
+    log(
+        f"step FLOPs {g.total / 1e12:.2f} T (graph), {record['flops'].get('torch_flop_counter', 0) / 1e12:.2f} T (torch)"
+    )
 
     variants = ort_variants(threads)
     chosen = list(variants) if args.variants == "all" else [] if args.variants == "none" else args.variants.split(",")
@@ -236,10 +284,18 @@ def main() -> None:
             sess = make_session(path, threads, **variants[name])
             t_load = time.perf_counter() - t0
             log(f"{name}: session in {t_load:.0f} s, RSS {rss_bytes() / 2**30:.1f} GiB")
-            res = alternate({name: lambda: timed(lambda: sess.run(None, inputs))}, warmup=1,
-                            repeat=args.screen_repeat, progress=log)[name]
-            screen[name] = {"settings": variants[name], "session_seconds": t_load, "step": summarize(res["step"]).to_json(),
-                            "load_1min": res["load_1min"]}
+            res = alternate(
+                {name: lambda s=sess: timed(lambda: s.run(None, inputs))},
+                warmup=1,
+                repeat=args.screen_repeat,
+                progress=log,
+            )[name]
+            screen[name] = {
+                "settings": variants[name],
+                "session_seconds": t_load,
+                "step": summarize(res["step"]).to_json(),
+                "load_1min": res["load_1min"],
+            }
             log(f"{name}: step {screen[name]['step']['mean']:.1f} s")
             del sess
             gc.collect()
@@ -258,12 +314,14 @@ def main() -> None:
     def run_ort() -> dict[str, float]:
         def go():
             outs["ort"] = sess.run(None, inputs)[0]
+
         return timed(go)
 
     def run_torch() -> dict[str, float]:
         def go():
             with torch.inference_mode():
                 outs["torch"] = unet(*tin.values()).numpy()
+
         return timed(go)
 
     with MemorySampler(interval=0.1) as mem_main:
@@ -285,8 +343,11 @@ def recount(path: Path, onnx_path: Path | None, threads: int) -> None:
 
     record = json.loads(path.read_text())
     if onnx_path is not None and onnx_path.is_file():
-        shapes = {"latents": (DIMS["batch"], 4, DIMS["frames"], DIMS["latent_height"], DIMS["latent_width"]),
-                  "timestep": (DIMS["batch"],), "text_embeddings": (DIMS["batch"], 77, 1024)}
+        shapes = {
+            "latents": (DIMS["batch"], 4, DIMS["frames"], DIMS["latent_height"], DIMS["latent_width"]),
+            "timestep": (DIMS["batch"],),
+            "text_embeddings": (DIMS["batch"], 77, 1024),
+        }
         g = F.onnx_flops(onnx_path, shapes)
         record["flops"].update(onnx_graph=g.total, by_op=g.by_op, uncounted_nodes=list(g.uncounted))
     again = F.gemm_peak_gflops(threads=threads)
@@ -311,49 +372,80 @@ def finish(record: dict, out: Path) -> None:
     stamp = record["date"].replace(":", "").replace("-", "")
     base = out / f"cpu_fullsize_step-{stamp}"
     R.write_json(base.with_suffix(".json"), record)
-    stages = {"UNet step (screen)": {n: screen[n]["step"]["mean"] for n in screen},
-              "UNet step (alternating)": {n: main_figs[n]["step"]["mean"] for n in main_figs}}
-    R.plot_stages(base.with_suffix(".png"), stages,
-                  f"{record['model']} UNet step, CFG batch 2 x 16 frames x 32x32 latent, {record['threads']} CPU threads")
-    text = R.stage_table({"UNet step": {n: main_figs[n]["step"]["mean"] for n in main_figs}},
-                         ratio_of=(best, "torch-eager"))
+    stages = {
+        "UNet step (screen)": {n: screen[n]["step"]["mean"] for n in screen},
+        "UNet step (alternating)": {n: main_figs[n]["step"]["mean"] for n in main_figs},
+    }
+    R.plot_stages(
+        base.with_suffix(".png"),
+        stages,
+        f"{record['model']} UNet step, CFG batch 2 x 16 frames x 32x32 latent, {record['threads']} CPU threads",
+    )
+    text = R.stage_table(
+        {"UNet step": {n: main_figs[n]["step"]["mean"] for n in main_figs}}, ratio_of=(best, "torch-eager")
+    )
     base.with_suffix(".md").write_text(markdown(record, text, base.name))
     print(text)
-    print(f"torch / ORT = {record['torch_over_ort_median_round']:.2f}x (median round); ORT at {main_figs[best]['fraction_of_peak']:.0%} of the "
-          f"{peak:.0f} GFLOP/s GEMM peak; parity rel L2 {record['parity_rel_l2']:.1e}; wrote {base}.{{json,png,md}}")
+    print(
+        f"torch / ORT = {record['torch_over_ort_median_round']:.2f}x (median round); ORT at {main_figs[best]['fraction_of_peak']:.0%} of the "
+        f"{peak:.0f} GFLOP/s GEMM peak; parity rel L2 {record['parity_rel_l2']:.1e}; wrote {base}.{{json,png,md}}"
+    )
 
 
 def markdown(r: dict, text: str, name: str) -> str:
     m, model = r["machine"], r["model"]
     peak = max(r["gemm_peak_gflops"].values())
-    lines = [f"# cpu_fullsize_step, {r['date']}", "",
-             f"Machine: {m['cpu']}, {m['physical_cores']} cores, {m['ram_bytes'] / 2**30:.0f} GiB RAM "
-             f"({m['platform']}); load average {m['load_average'][0]:.2f} at start, {m['load_average_end'][0]:.2f} at end "
-             "(shared with other jobs).",
-             f"Versions: {', '.join(f'{k} {v}' for k, v in r['versions'].items())}.",
-             f"Shapes: {model} UNet (random weights), batch {r['shapes']['batch']} (CFG), {r['shapes']['frames']} frames, "
-             f"{r['shapes']['latent_height']}x{r['shapes']['latent_width']} latent; {r['threads']} threads; "
-             f"{r['flops']['onnx_graph'] / 1e12:.2f} TFLOP per step (MatMul/Conv/Gemm of the ONNX graph).",
-             f"fp32 GEMM peak: {peak:.0f} GFLOP/s ({', '.join(f'{k} {v:.0f}' for k, v in r['gemm_peak_gflops'].items())}).",
-             "", "ONNX Runtime settings screened (1 warm-up, then timed steps; one at a time, so load varies):", "",
-             "| setting | step (s) | session load (s) | load average (1 min) |", "|---|---|---|---|"]
+    lines = [
+        f"# cpu_fullsize_step, {r['date']}",
+        "",
+        f"Machine: {m['cpu']}, {m['physical_cores']} cores, {m['ram_bytes'] / 2**30:.0f} GiB RAM "
+        f"({m['platform']}); load average {m['load_average'][0]:.2f} at start, {m['load_average_end'][0]:.2f} at end "
+        "(shared with other jobs).",
+        f"Versions: {', '.join(f'{k} {v}' for k, v in r['versions'].items())}.",
+        f"Shapes: {model} UNet (random weights), batch {r['shapes']['batch']} (CFG), {r['shapes']['frames']} frames, "
+        f"{r['shapes']['latent_height']}x{r['shapes']['latent_width']} latent; {r['threads']} threads; "
+        f"{r['flops']['onnx_graph'] / 1e12:.2f} TFLOP per step (MatMul/Conv/Gemm of the ONNX graph).",
+        f"fp32 GEMM peak: {peak:.0f} GFLOP/s ({', '.join(f'{k} {v:.0f}' for k, v in r['gemm_peak_gflops'].items())}).",
+        "",
+        "ONNX Runtime settings screened (1 warm-up, then timed steps; one at a time, so load varies):",
+        "",
+        "| setting | step (s) | session load (s) | load average (1 min) |",
+        "|---|---|---|---|",
+    ]
     for n, s in r["screen"].items():
         load = ", ".join(f"{x:.1f}" for x in s["load_1min"])
-        lines.append(f"| {n} {s['settings'] or '(ORT defaults)'}{' = t2vrt' if n == 'ort-all-nospin' else ''} | {s['step']['mean']:.1f} | {s['session_seconds']:.0f} | {load} |")
-    lines += ["", f"Alternating ({r['settings']['warmup']} warm-up, {r['settings']['repeat']} rounds):", "", "```", text, "```", "",
-              "| contender | mean (s) | p50 (s) | min (s) | samples (s) | GFLOP/s (mean; best) | of peak (mean; best) |",
-              "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {n} {s['settings'] or '(ORT defaults)'}{' = t2vrt' if n == 'ort-all-nospin' else ''} | {s['step']['mean']:.1f} | {s['session_seconds']:.0f} | {load} |"
+        )
+    lines += [
+        "",
+        f"Alternating ({r['settings']['warmup']} warm-up, {r['settings']['repeat']} rounds):",
+        "",
+        "```",
+        text,
+        "```",
+        "",
+        "| contender | mean (s) | p50 (s) | min (s) | samples (s) | GFLOP/s (mean; best) | of peak (mean; best) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     flops, peak = r["flops"]["onnx_graph"], max(r["gemm_peak_gflops"].values())
     for n, f in r["main"].items():
         st, best = f["step"], flops / f["step"]["min"] / 1e9
         smp = ", ".join(f"{x:.1f}" for x in f["samples"])
-        lines.append(f"| {n} | {st['mean']:.1f} | {st['p50']:.1f} | {st['min']:.1f} | {smp} | {f['gflops']:.0f}; {best:.0f} | "
-                     f"{f['fraction_of_peak']:.0%}; {best / peak:.0%} |")
+        lines.append(
+            f"| {n} | {st['mean']:.1f} | {st['p50']:.1f} | {st['min']:.1f} | {smp} | {f['gflops']:.0f}; {best:.0f} | "
+            f"{f['fraction_of_peak']:.0%}; {best / peak:.0%} |"
+        )
     rounds = ", ".join(f"{x:.2f}" for x in r["torch_over_ort_per_round"])
-    lines += ["", f"torch eager / ORT: **{r['torch_over_ort_median_round']:.2f}x** (median of the rounds' ratios: {rounds}; "
-              f"ratio of means {r['torch_over_ort']:.2f}x); outputs agree to rel L2 {r['parity_rel_l2']:.1e}. "
-              f"Peak RSS {r['main_peak_rss_bytes'] / 2**30:.1f} GiB.", "",
-              f"Files: {name}.json (every figure), {name}.png. Reproduce: `.venv/bin/python benchmarks/cpu_fullsize_step.py`.", ""]
+    lines += [
+        "",
+        f"torch eager / ORT: **{r['torch_over_ort_median_round']:.2f}x** (median of the rounds' ratios: {rounds}; "
+        f"ratio of means {r['torch_over_ort']:.2f}x); outputs agree to rel L2 {r['parity_rel_l2']:.1e}. "
+        f"Peak RSS {r['main_peak_rss_bytes'] / 2**30:.1f} GiB.",
+        "",
+        f"Files: {name}.json (every figure), {name}.png. Reproduce: `.venv/bin/python benchmarks/cpu_fullsize_step.py`.",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -31,11 +31,17 @@ def main() -> int:
     export_bundle(ExportOptions(model="tiny", out=bundle, precision="fp32"))  # reuses unchanged components
     print(f"tiny bundle ready in {time.perf_counter() - t0:.1f} s: {bundle}", file=sys.stderr)
     record = run_bench(
-        BenchOptions(bundle=bundle, backend="onnxruntime-cpu", baseline=args.baseline, frames=4, steps=3, warmup=1, repeat=2),
+        BenchOptions(
+            bundle=bundle, backend="onnxruntime-cpu", baseline=args.baseline, frames=4, steps=3, warmup=1, repeat=2
+        ),
         progress=lambda s: print(f"  {s}", file=sys.stderr),
     )
     paths = write_outputs(record, args.out)
-    print(report.stage_table(stage_means(record), ratio_of=(record["ours"], record["baseline"]) if "baseline" in record else None))
+    print(
+        report.stage_table(
+            stage_means(record), ratio_of=(record["ours"], record["baseline"]) if "baseline" in record else None
+        )
+    )
     missing = missing_figures(json.loads(paths["json"].read_text()))
     if missing:
         print(f"FAILED: the record lacks {len(missing)} figures: {', '.join(missing[:10])}", file=sys.stderr)

@@ -48,14 +48,26 @@ def cell(record: dict, name: str) -> dict:
     c = record["contenders"][name]
     f, m = c["figures"], c["memory"]
     pred = (m.get("planner_prediction") or {}).get("peak_bytes")
-    return {"step_ms": f["unet_step"]["mean"] * 1e3, "step_p95_ms": f["unet_step"]["p95"] * 1e3,
-            "decode_s": f["decode"]["mean"], "end_to_end_s": f["end_to_end"]["mean"],
-            "videos_per_min": f["throughput"]["videos_per_min"], "device_added_bytes": m.get("device_added_bytes"),
-            "planner_predicted_bytes": pred}  # fmt: skip
+    return {
+        "step_ms": f["unet_step"]["mean"] * 1e3,
+        "step_p95_ms": f["unet_step"]["p95"] * 1e3,
+        "decode_s": f["decode"]["mean"],
+        "end_to_end_s": f["end_to_end"]["mean"],
+        "videos_per_min": f["throughput"]["videos_per_min"],
+        "device_added_bytes": m.get("device_added_bytes"),
+        "planner_predicted_bytes": pred,
+    }
 
 
-def run_cell(shape: list[int], contender: str, vram: str | None, steps: list[list[str]], out: Path, pattern: str,
-             picks: tuple[str, ...] = ("ours",)) -> list[dict]:  # fmt: skip
+def run_cell(
+    shape: list[int],
+    contender: str,
+    vram: str | None,
+    steps: list[list[str]],
+    out: Path,
+    pattern: str,
+    picks: tuple[str, ...] = ("ours",),
+) -> list[dict]:
     """One cell: its commands in order, then one row per contender of its record ("ours", "baseline"); any failure
     becomes the row's `error` (its cause), never the end of the run."""
     t0 = time.time()
@@ -66,8 +78,15 @@ def run_cell(shape: list[int], contender: str, vram: str | None, steps: list[lis
         rows = []
         for pick in picks:
             name = rec[pick]
-            rows.append({"shape": shape, "contender": contender if pick == "ours" else name, "vram": vram if pick == "ours" else None,
-                         **cell(rec, name), "plan": rec["contenders"][name].get("selection")})  # fmt: skip
+            rows.append(
+                {
+                    "shape": shape,
+                    "contender": contender if pick == "ours" else name,
+                    "vram": vram if pick == "ours" else None,
+                    **cell(rec, name),
+                    "plan": rec["contenders"][name].get("selection"),
+                }
+            )
         return rows
     except (CellFailed, SystemExit, OSError, KeyError, ValueError) as e:
         cause = str(e) if isinstance(e, CellFailed) else f"{type(e).__name__}: {e}"
@@ -80,13 +99,22 @@ def run_matrix(bundle: Path, budgets: list[str], common: list[str], out: Path) -
         shape = [frames, height, width]
         size = ["--frames", str(frames), "--height", str(height), "--width", str(width)]
         for vram in budgets:
-            rows += run_cell(shape, "tensorrt", vram, [
-                ["build", str(bundle), "--vram", vram, *size],
-                ["bench", str(bundle), "--backend", "tensorrt", "--baseline", "none", *size, *common],
-            ], out, "bench-*-tensorrt-*.json")  # fmt: skip
+            rows += run_cell(
+                shape,
+                "tensorrt",
+                vram,
+                [
+                    ["build", str(bundle), "--vram", vram, *size],
+                    ["bench", str(bundle), "--backend", "tensorrt", "--baseline", "none", *size, *common],
+                ],
+                out,
+                "bench-*-tensorrt-*.json",
+            )
         # ONNX Runtime CUDA and the torch baseline (alternating) in their own process, apart from the TensorRT cells
         ort_torch = [["bench", str(bundle), "--backend", "onnxruntime-cuda", "--baseline", "torch", *size, *common]]
-        rows += run_cell(shape, "onnxruntime-cuda", None, ort_torch, out, "bench-*-onnxruntime-cuda-*.json", ("ours", "baseline"))
+        rows += run_cell(
+            shape, "onnxruntime-cuda", None, ort_torch, out, "bench-*-onnxruntime-cuda-*.json", ("ours", "baseline")
+        )
     return rows
 
 
@@ -100,24 +128,48 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=report.RESULTS_DIR)
     args = ap.parse_args()
     budgets = args.budgets.split(",")
-    common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--repeat", str(args.repeat), "--out", str(args.out)]
+    common = [
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--repeat",
+        str(args.repeat),
+        "--out",
+        str(args.out),
+    ]
     rows = run_matrix(args.bundle, budgets, common, args.out)
 
     stamp = report.stamp().replace(":", "").replace("-", "")
-    record = {"benchmark": "gpu_matrix", "date": report.stamp(), "machine": report.machine_info(),
-              "versions": report.versions(), "steps": args.steps, "rows": rows}  # fmt: skip
+    record = {
+        "benchmark": "gpu_matrix",
+        "date": report.stamp(),
+        "machine": report.machine_info(),
+        "versions": report.versions(),
+        "steps": args.steps,
+        "rows": rows,
+    }
     report.write_json(args.out / f"gpu_matrix-{stamp}.json", record)
-    lines = [f"# gpu_matrix, {record['date']}", "", f"Machine: {record['machine']['gpus']}", "",
-             "| frames x H x W | contender | VRAM budget | step (ms) | p95 (ms) | decode (s) | end to end (s) | videos/min | device (MiB) | planned (MiB) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"# gpu_matrix, {record['date']}",
+        "",
+        f"Machine: {record['machine']['gpus']}",
+        "",
+        "| frames x H x W | contender | VRAM budget | step (ms) | p95 (ms) | decode (s) | end to end (s) | videos/min | device (MiB) | planned (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['shape'][0]}x{r['shape'][1]}x{r['shape'][2]} | {r['contender']} | {r['vram']} | {r['error']} |||||||")
+            lines.append(
+                f"| {r['shape'][0]}x{r['shape'][1]}x{r['shape'][2]} | {r['contender']} | {r['vram']} | {r['error']} |||||||"
+            )
             continue
         mib = lambda b: f"{b / 2**20:.0f}" if b else "-"  # noqa: E731
-        lines.append(f"| {r['shape'][0]}x{r['shape'][1]}x{r['shape'][2]} | {r['contender']} | {r['vram'] or '-'} | "
-                     f"{r['step_ms']:.1f} | {r['step_p95_ms']:.1f} | {r['decode_s']:.2f} | {r['end_to_end_s']:.2f} | "
-                     f"{r['videos_per_min']:.2f} | {mib(r['device_added_bytes'])} | {mib(r['planner_predicted_bytes'])} |")  # fmt: skip
+        lines.append(
+            f"| {r['shape'][0]}x{r['shape'][1]}x{r['shape'][2]} | {r['contender']} | {r['vram'] or '-'} | "
+            f"{r['step_ms']:.1f} | {r['step_p95_ms']:.1f} | {r['decode_s']:.2f} | {r['end_to_end_s']:.2f} | "
+            f"{r['videos_per_min']:.2f} | {mib(r['device_added_bytes'])} | {mib(r['planner_predicted_bytes'])} |"
+        )
     (args.out / f"gpu_matrix-{stamp}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

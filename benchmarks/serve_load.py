@@ -30,8 +30,13 @@ def machine() -> dict[str, object]:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu or platform.processor(), "cores": os.cpu_count(), "python": platform.python_version(),
-            "load_average_at_start": [round(x, 2) for x in os.getloadavg()], "platform": platform.platform()}
+    return {
+        "cpu": cpu or platform.processor(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "platform": platform.platform(),
+    }
 
 
 def main() -> None:
@@ -49,32 +54,58 @@ def main() -> None:
         bundle = args.bundle
         if bundle is None:
             bundle = Path(tmp) / "tiny"
-            subprocess.run([sys.executable, "-m", "t2vrt.cli", "export", "tiny", "--out", str(bundle),
-                            "--precision", "fp32"], check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [sys.executable, "-m", "t2vrt.cli", "export", "tiny", "--out", str(bundle), "--precision", "fp32"],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
         info = machine()
         with ServerProcess([f"tiny={bundle}"], Path(tmp) / "state", "--max-queue", str(args.max_queue)) as srv:
-            report = run_load(srv.url, clients=args.clients, jobs_per_client=args.jobs_per_client,
-                              job={"prompt": "load", "steps": args.steps}, busy_seconds=args.busy_seconds,
-                              deadline_s=args.deadline)
+            report = run_load(
+                srv.url,
+                clients=args.clients,
+                jobs_per_client=args.jobs_per_client,
+                job={"prompt": "load", "steps": args.steps},
+                busy_seconds=args.busy_seconds,
+                deadline_s=args.deadline,
+            )
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    out = {"benchmark": "serve_load", "date": stamp, "machine": info, "server": {"bundle": "tiny (random weights)",
-           "backend": "onnxruntime-cpu", "max_queue": args.max_queue}, "report": report.to_json()}
+    out = {
+        "benchmark": "serve_load",
+        "date": stamp,
+        "machine": info,
+        "server": {"bundle": "tiny (random weights)", "backend": "onnxruntime-cpu", "max_queue": args.max_queue},
+        "report": report.to_json(),
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"serve_load-{stamp}.json").write_text(json.dumps(out, indent=1) + "\n")
     r = report
-    lines = [f"# t2vrt serve load test, {stamp}", "",
-             f"Machine: {info['cpu']}, {info['cores']} cores, load average at start {info['load_average_at_start']} "
-             f"(shared machine: other work was running). Loopback, tiny bundle on ONNX Runtime CPU, the load "
-             f"generator in the same machine.", "",
-             f"## API latency while a job runs ({r.clients} concurrent clients, {r.busy_seconds:.1f} s, "
-             f"{r.busy_requests} requests)", "", "| endpoint | n | p50 ms | p95 ms | max ms |", "|---|---|---|---|---|"]
+    lines = [
+        f"# t2vrt serve load test, {stamp}",
+        "",
+        f"Machine: {info['cpu']}, {info['cores']} cores, load average at start {info['load_average_at_start']} "
+        f"(shared machine: other work was running). Loopback, tiny bundle on ONNX Runtime CPU, the load "
+        f"generator in the same machine.",
+        "",
+        f"## API latency while a job runs ({r.clients} concurrent clients, {r.busy_seconds:.1f} s, "
+        f"{r.busy_requests} requests)",
+        "",
+        "| endpoint | n | p50 ms | p95 ms | max ms |",
+        "|---|---|---|---|---|",
+    ]
     lines += [f"| {k} | {v['n']} | {v['p50_ms']} | {v['p95_ms']} | {v['max_ms']} |" for k, v in r.busy_latency.items()]
-    lines += ["", f"## Submit and poll ({r.clients} clients x {r.jobs_per_client} jobs of {args.steps} step(s))", "",
-              f"- jobs: {r.expected} expected, {r.submitted} submitted, {r.completed} completed, {r.failed} failed, "
-              f"{len(r.lost)} lost, {len(r.duplicated)} duplicated; {r.rejected_429} submissions answered 429 "
-              f"(queue bound {args.max_queue}) and retried",
-              f"- wall {r.wall_seconds} s: {r.jobs_per_second} jobs/s, {r.requests} requests ({r.requests_per_second}/s)",
-              "", "| endpoint | n | p50 ms | p95 ms | max ms |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"## Submit and poll ({r.clients} clients x {r.jobs_per_client} jobs of {args.steps} step(s))",
+        "",
+        f"- jobs: {r.expected} expected, {r.submitted} submitted, {r.completed} completed, {r.failed} failed, "
+        f"{len(r.lost)} lost, {len(r.duplicated)} duplicated; {r.rejected_429} submissions answered 429 "
+        f"(queue bound {args.max_queue}) and retried",
+        f"- wall {r.wall_seconds} s: {r.jobs_per_second} jobs/s, {r.requests} requests ({r.requests_per_second}/s)",
+        "",
+        "| endpoint | n | p50 ms | p95 ms | max ms |",
+        "|---|---|---|---|---|",
+    ]
     lines += [f"| {k} | {v['n']} | {v['p50_ms']} | {v['p95_ms']} | {v['max_ms']} |" for k, v in r.latency.items()]
     if r.errors:
         lines += ["", "Errors:", *[f"- {e}" for e in r.errors]]

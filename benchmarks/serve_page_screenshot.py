@@ -34,12 +34,21 @@ def main() -> None:
         bundle = args.bundle
         if bundle is None:
             bundle = Path(tmp) / "tiny"
-            subprocess.run([sys.executable, "-m", "t2vrt.cli", "export", "tiny", "--out", str(bundle),
-                            "--precision", "fp32"], check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [sys.executable, "-m", "t2vrt.cli", "export", "tiny", "--out", str(bundle), "--precision", "fp32"],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
         opts = Options()
         opts.binary_location = chromium
-        for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1060",
-                  "--autoplay-policy=no-user-gesture-required", "--hide-scrollbars"):
+        for a in (
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-dev-shm-usage",
+            "--window-size=1280,1060",
+            "--autoplay-policy=no-user-gesture-required",
+            "--hide-scrollbars",
+        ):
             opts.add_argument(a)
         with ServerProcess([f"tiny={bundle}"], Path(tmp) / "state") as srv:
             d = webdriver.Chrome(options=opts, service=Service(driver_exe))
@@ -47,10 +56,16 @@ def main() -> None:
                 d.get(srv.url + "/")
                 wait_for(lambda: d.execute_script("return document.getElementById('frames').value") == "8", 30)
                 status = "return document.getElementById('status').textContent"
-                for prompt, steps, seed in (("a tiny green monster and a big flying UFO", "20", "42"),
-                                            ("an astronaut riding a horse on the moon", "60", "7")):
-                    for fid, value in (("prompt", prompt), ("steps", steps), ("seed", seed),
-                                       ("negative", "text, watermark, blurry")):
+                for prompt, steps, seed in (
+                    ("a tiny green monster and a big flying UFO", "20", "42"),
+                    ("an astronaut riding a horse on the moon", "60", "7"),
+                ):
+                    for fid, value in (
+                        ("prompt", prompt),
+                        ("steps", steps),
+                        ("seed", seed),
+                        ("negative", "text, watermark, blurry"),
+                    ):
                         el = d.find_element("id", fid)
                         el.clear()
                         el.send_keys(value)

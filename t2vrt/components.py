@@ -26,7 +26,7 @@ from t2vrt.iospec import IOSpec, text_encoder_spec, unet_spec, vae_decoder_spec,
 
 
 def resolve_ref(ref: str) -> Any:
-    """"package.module:attribute" -> the attribute (imports the module on first use)."""
+    """ "package.module:attribute" -> the attribute (imports the module on first use)."""
     module, _, attr = ref.partition(":")
     return getattr(importlib.import_module(module), attr)
 
@@ -103,7 +103,9 @@ COMPONENTS: dict[str, ComponentDef] = {
             config=lambda m: m.unet,
             module="t2vrt.models.unet3d:UNet3D",
             keys=KeyMaps(
-                "unet", original="t2vrt.models.unet3d_keys:original_names", diffusers="t2vrt.models.unet3d_keys:diffusers_to_original"
+                "unet",
+                original="t2vrt.models.unet3d_keys:original_names",
+                diffusers="t2vrt.models.unet3d_keys:diffusers_to_original",
             ),
             planner=PlannerEntry(
                 params=lambda m: analytic.unet(m.unet, 1, 1, 8, 8)[0],
@@ -124,11 +126,15 @@ COMPONENTS: dict[str, ComponentDef] = {
             config=lambda m: m.vae,
             module="t2vrt.models.vae:VAEDecoder",
             keys=KeyMaps(
-                "vae", original="t2vrt.models.vae_keys:lightning_to_ours", diffusers="t2vrt.models.vae_keys:diffusers_to_original"
+                "vae",
+                original="t2vrt.models.vae_keys:lightning_to_ours",
+                diffusers="t2vrt.models.vae_keys:diffusers_to_original",
             ),
             planner=PlannerEntry(
                 params=lambda m: analytic.vae_decoder(m.vae, 1, 1, 1)[0],
-                activations=lambda m, d: analytic.vae_decoder(m.vae, d["vae_batch"], d["latent_height"], d["latent_width"])[1],
+                activations=lambda m, d: analytic.vae_decoder(
+                    m.vae, d["vae_batch"], d["latent_height"], d["latent_width"]
+                )[1],
                 fp16_graph_factor=1.4,
             ),
             # small: torch's fp16 CPU convs are slow
@@ -143,12 +149,15 @@ COMPONENTS: dict[str, ComponentDef] = {
             config=lambda m: m.vae,
             module="t2vrt.models.vae_encoder:VAEEncoderMoments",
             keys=KeyMaps(
-                "vae", original="t2vrt.models.vae_encoder_keys:lightning_to_ours",
+                "vae",
+                original="t2vrt.models.vae_encoder_keys:lightning_to_ours",
                 diffusers="t2vrt.models.vae_encoder_keys:diffusers_to_original",
             ),
             planner=PlannerEntry(
                 params=lambda m: analytic.vae_encoder(m.vae, 1, 1, 1)[0],
-                activations=lambda m, d: analytic.vae_encoder(m.vae, d["vae_batch"], d["latent_height"], d["latent_width"])[1],
+                activations=lambda m, d: analytic.vae_encoder(
+                    m.vae, d["vae_batch"], d["latent_height"], d["latent_width"]
+                )[1],
                 fp16_graph_factor=1.33,
             ),
             trace_dims={"vae_batch": 2, "latent_height": 4, "latent_width": 6},
@@ -164,4 +173,3 @@ REQUIRED: tuple[str, ...] = tuple(n for n, c in COMPONENTS.items() if c.required
 
 def io_specs(cfg: ModelConfig) -> dict[str, IOSpec]:
     return {n: c.io(cfg) for n, c in COMPONENTS.items()}
-

@@ -189,7 +189,9 @@ def vae_encoder_spec(in_channels: int, downscale: int, embed_dim: int) -> IOSpec
     return IOSpec(
         inputs=(
             TensorSpec(
-                "images", ("vae_batch", in_channels, f"latent_height*{downscale}", f"latent_width*{downscale}"), "float32"
+                "images",
+                ("vae_batch", in_channels, f"latent_height*{downscale}", f"latent_width*{downscale}"),
+                "float32",
             ),
         ),
         outputs=(TensorSpec("moments", ("vae_batch", 2 * embed_dim, "latent_height", "latent_width"), "float32"),),

@@ -22,8 +22,6 @@ from t2vrt.components import COMPONENTS, REQUIRED
 from t2vrt.config import ConfigError, Defaults, ModelConfig, ScheduleConfig
 from t2vrt.errors import UsageError
 from t2vrt.iospec import IOSpec
-from t2vrt.safety.jsonfile import read_json
-from t2vrt.safety.paths import confine
 from t2vrt.safety import integrity
 from t2vrt.safety.jsonfile import read_json
 from t2vrt.safety.paths import confine
@@ -146,8 +144,12 @@ class Manifest:
             "schema_version": SCHEMA_VERSION,
             "created": self.created,
             "model": {"name": self.model.name, "config": self.model.to_dict()},
-            "source": {"layout": self.source.layout, "location": self.source.location, "key": self.source.key,
-                       "files": list(self.source.files)},  # fmt: skip
+            "source": {
+                "layout": self.source.layout,
+                "location": self.source.location,
+                "key": self.source.key,
+                "files": list(self.source.files),
+            },
             "schedule": {"betas": list(self.betas)},
             "tokenizer": vars(self.tokenizer),
             "components": {
@@ -165,7 +167,9 @@ def read_raw(bundle: Path) -> dict[str, Any]:
     """manifest.json as JSON, checked to be an object of this schema version; one UsageError line otherwise."""
     path = bundle / MANIFEST_NAME
     if not bundle.is_dir():
-        raise UsageError(f"bundle {str(bundle)!r} is not a directory; make one with `t2vrt export MODEL --out {bundle}`")
+        raise UsageError(
+            f"bundle {str(bundle)!r} is not a directory; make one with `t2vrt export MODEL --out {bundle}`"
+        )
     if not path.is_file():
         raise UsageError(f"{path} is missing: {str(bundle)!r} is not a t2vrt bundle (make one with `t2vrt export`)")
     raw = read_json(path, max_bytes=64 << 20, hint="re-export the bundle")  # bounded size and nesting depth
@@ -201,10 +205,18 @@ def load_manifest(bundle: str | Path) -> Manifest:
         src = raw["source"]
         source = SourceInfo(str(src["layout"]), str(src["location"]), str(src["key"]), tuple(src.get("files", ())))
         manifest = Manifest(
-            bundle, model, betas, tokenizer, components, source, opset=int(raw.get("opset", 17)),
-            fp16_gate=raw.get("fp16_gate"), versions=dict(raw.get("versions", {})), created=str(raw.get("created", "")),
+            bundle,
+            model,
+            betas,
+            tokenizer,
+            components,
+            source,
+            opset=int(raw.get("opset", 17)),
+            fp16_gate=raw.get("fp16_gate"),
+            versions=dict(raw.get("versions", {})),
+            created=str(raw.get("created", "")),
             lora=dict(raw["lora"]) if raw.get("lora") is not None else None,
-        )  # fmt: skip
+        )
     except ConfigError as e:
         raise UsageError(f"{path}: {e}; re-export the bundle") from None
     except (KeyError, TypeError, ValueError, AttributeError) as e:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.writers import write_diffusers, write_original
 
+from t2vrt.config import preset
 from t2vrt.errors import T2VError, UsageError
 from t2vrt.models import checkpoint
-from t2vrt.config import preset
-from support.writers import write_diffusers, write_original
 
 LAYOUTS = ("original", "diffusers")
 
@@ -64,9 +64,12 @@ def test_tiny_model_is_deterministic(tiny):
         assert all(torch.equal(a[k], b[k]) for k in a), name
     total = sum(float(p.double().abs().sum()) for m in tiny.values() for p in m.parameters())
     print(f"tiny: sum |w| over all components = {total:.6f}")
-    assert checkpoint.tiny_model(seed=1)["unet"].state_dict()["out.2.weight"].ne(
-        tiny["unet"].state_dict()["out.2.weight"]
-    ).any()
+    assert (
+        checkpoint.tiny_model(seed=1)["unet"]
+        .state_dict()["out.2.weight"]
+        .ne(tiny["unet"].state_dict()["out.2.weight"])
+        .any()
+    )
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -194,7 +197,9 @@ def test_diffusers_missing_key_and_wrong_shape(written, tmp_path):
     sd = load_file(str(vae))
     sd.pop("decoder.conv_out.bias")
     save_file(sd, str(vae))
-    with pytest.raises(T2VError, match=r"^vae_decoder \(diffusion_pytorch_model.safetensors\): .*decoder.conv_out.bias"):
+    with pytest.raises(
+        T2VError, match=r"^vae_decoder \(diffusion_pytorch_model.safetensors\): .*decoder.conv_out.bias"
+    ):
         checkpoint.load_model(checkpoint.resolve(str(root)))
     te = root / "text_encoder" / "model.safetensors"
     sd = load_file(str(te))
@@ -205,9 +210,14 @@ def test_diffusers_missing_key_and_wrong_shape(written, tmp_path):
         checkpoint.load_model(checkpoint.resolve(str(root)))
 
 
-@pytest.mark.parametrize("layout,file", [("original", "open_clip_pytorch_model.bin"),
-                                         ("original", "VQGAN_autoencoder.pth"),
-                                         ("diffusers", "unet/diffusion_pytorch_model.safetensors")])  # fmt: skip
+@pytest.mark.parametrize(
+    "layout,file",
+    [
+        ("original", "open_clip_pytorch_model.bin"),
+        ("original", "VQGAN_autoencoder.pth"),
+        ("diffusers", "unet/diffusion_pytorch_model.safetensors"),
+    ],
+)
 def test_truncated_weights_file(written, tmp_path, layout, file):
     root = _copy(written, layout, tmp_path)
     data = (root / file).read_bytes()
@@ -333,23 +343,45 @@ def test_sharded_diffusers_weights(tiny, tmp_path):
 
 def test_hub_files_pick_one_weights_variant():
     listing = {
-        "model_index.json", "README.md", "scheduler/scheduler_config.json", "tokenizer/vocab.json", "tokenizer/merges.txt",
-        "unet/config.json", "unet/diffusion_pytorch_model.bin", "unet/diffusion_pytorch_model.fp16.safetensors",
+        "model_index.json",
+        "README.md",
+        "scheduler/scheduler_config.json",
+        "tokenizer/vocab.json",
+        "tokenizer/merges.txt",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.bin",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
         "unet/diffusion_pytorch_model.safetensors.index.json",
-        "unet/diffusion_pytorch_model-00001-of-00002.safetensors", "unet/diffusion_pytorch_model-00002-of-00002.safetensors",
-        "vae/config.json", "vae/diffusion_pytorch_model.bin", "vae/diffusion_pytorch_model.fp16.bin",
-        "text_encoder/config.json", "text_encoder/pytorch_model.bin",  # fp32 before the fp16 variant "text_encoder/pytorch_model.bin",
+        "unet/diffusion_pytorch_model-00001-of-00002.safetensors",
+        "unet/diffusion_pytorch_model-00002-of-00002.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.bin",
+        "vae/diffusion_pytorch_model.fp16.bin",
+        "text_encoder/config.json",
+        "text_encoder/pytorch_model.bin",  # fp32 before the fp16 variant "text_encoder/pytorch_model.bin",
         "zs2_576w/text2video_pytorch_model.pth",
-    }  # fmt: skip
+    }
     files = checkpoint.hub_files("org/x", listing)
     assert files == [
-        "model_index.json", "scheduler/scheduler_config.json", "tokenizer/merges.txt", "tokenizer/vocab.json",
-        "unet/config.json", "unet/diffusion_pytorch_model.safetensors.index.json",
-        "unet/diffusion_pytorch_model-00001-of-00002.safetensors", "unet/diffusion_pytorch_model-00002-of-00002.safetensors",
-        "vae/config.json", "vae/diffusion_pytorch_model.bin",
-        "text_encoder/config.json", "text_encoder/pytorch_model.bin",  # fp32 before the fp16 variant
-    ]  # fmt: skip
-    original = {"configuration.json", "text2video_pytorch_model.pth", "open_clip_pytorch_model.bin", "VQGAN_autoencoder.pth"}
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "tokenizer/merges.txt",
+        "tokenizer/vocab.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors.index.json",
+        "unet/diffusion_pytorch_model-00001-of-00002.safetensors",
+        "unet/diffusion_pytorch_model-00002-of-00002.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.bin",
+        "text_encoder/config.json",
+        "text_encoder/pytorch_model.bin",  # fp32 before the fp16 variant
+    ]
+    original = {
+        "configuration.json",
+        "text2video_pytorch_model.pth",
+        "open_clip_pytorch_model.bin",
+        "VQGAN_autoencoder.pth",
+    }
     assert sorted(checkpoint.hub_files("org/y", original | {"README.md"})) == sorted(original)
     with pytest.raises(T2VError, match="neither a diffusers nor an original"):
         checkpoint.hub_files("org/z", {"README.md"})

@@ -32,7 +32,7 @@ def _coloured_frames(n: int, h: int = H, w: int = W) -> np.ndarray:
 
 
 def _index_of(frame: np.ndarray) -> int:
-    return int(round(frame[..., 0].mean() / 20))
+    return int(np.rint(frame[..., 0].mean() / 20))
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -64,7 +64,14 @@ def test_no_record_without_metadata(tmp_path: Path) -> None:
 
 
 def test_ffmetadata_unescaping_and_foreign_comments() -> None:
-    text = r';FFMETADATA1' '\n' r'major_brand=isom' '\n' r'comment=t2vrt:{"p":"a\=b\;c\#d\\\\e"}' '\n[STREAM]\ncomment=other\n'
+    text = (
+        r";FFMETADATA1"
+        "\n"
+        r"major_brand=isom"
+        "\n"
+        r'comment=t2vrt:{"p":"a\=b\;c\#d\\\\e"}'
+        "\n[STREAM]\ncomment=other\n"
+    )
     tags = metadata._unescape_ffmetadata(text)
     assert tags["comment"] == r't2vrt:{"p":"a=b;c#d\\e"}' and tags["major_brand"] == "isom"
     assert metadata.from_comment(tags["comment"]) == {"p": "a=b;c#d\\e"}
@@ -195,8 +202,10 @@ def test_too_many_frames_without_a_count(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_clip_modules_never_import_torch() -> None:
-    code = ("import sys, json, t2vrt.runtime.clip, t2vrt.runtime.metadata, t2vrt.runtime.vid2vid, t2vrt.runtime.v2v, "
-            "t2vrt.runtime.extend, t2vrt.commands.upscale, t2vrt.commands.extend\n"
-            "print(json.dumps([m for m in ('torch', 'onnx', 't2vrt.models') if m in sys.modules]))")  # fmt: skip
+    code = (
+        "import sys, json, t2vrt.runtime.clip, t2vrt.runtime.metadata, t2vrt.runtime.vid2vid, t2vrt.runtime.v2v, "
+        "t2vrt.runtime.extend, t2vrt.commands.upscale, t2vrt.commands.extend\n"
+        "print(json.dumps([m for m in ('torch', 'onnx', 't2vrt.models') if m in sys.modules]))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert json.loads(out.strip().splitlines()[-1]) == []

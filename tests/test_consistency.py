@@ -26,9 +26,15 @@ SHAPE = (1, 4, 3, 4, 5)  # (b, c, f, h, w)
 # The base model's scheduler/scheduler_config.json (damo-vilab/text-to-video-ms-1.7b), which MCM turns into an
 # LCMScheduler with timestep_scaling 4.
 DDIM_CONFIG = {
-    "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "clip_sample": False,
-    "num_train_timesteps": 1000, "prediction_type": "epsilon", "set_alpha_to_one": False, "steps_offset": 1,
-}  # fmt: skip
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+}
 
 
 class T2VTurboSchedulerTranscription:
@@ -50,7 +56,7 @@ class T2VTurboSchedulerTranscription:
         origin = np.asarray(list(range(1, lcm_origin_steps + 1))) * c - 1
         self.timesteps = torch.from_numpy(origin[:: -(len(origin) // n)][:n].copy())
 
-    def step(self, model_output, timeindex, timestep, sample, noise):  # noqa: ANN001, ANN201
+    def step(self, model_output, timeindex, timestep, sample, noise):
         prev_timeindex = timeindex + 1
         prev_timestep = self.timesteps[prev_timeindex] if prev_timeindex < len(self.timesteps) else timestep
         a_t, a_prev = self.alphas_cumprod[timestep], self.alphas_cumprod[prev_timestep]
@@ -179,16 +185,24 @@ def test_loop_matches_t2v_turbo_transcription(steps: int) -> None:
 
     turbo = consistency_sampler("t2v-turbo")
     got = consistency_sample(
-        fake_eps, x0, turbo.timesteps(1000, steps), ref.alphas_cumprod.numpy(),
-        timestep_scaling=turbo.timestep_scaling, noises=noises[: steps - 1],
-    )  # fmt: skip
+        fake_eps,
+        x0,
+        turbo.timesteps(1000, steps),
+        ref.alphas_cumprod.numpy(),
+        timestep_scaling=turbo.timestep_scaling,
+        noises=noises[: steps - 1],
+    )
     err = np.abs(got - denoised.numpy()).max()
     print(f"\nT2V-Turbo {steps} steps vs the transcription: max abs {err:.2e}")
     assert err < 1e-10
     lcm_spacing = consistency_sample(
-        fake_eps, x0, lcm_timesteps(1000, steps), ref.alphas_cumprod.numpy(), timestep_scaling=10.0,
+        fake_eps,
+        x0,
+        lcm_timesteps(1000, steps),
+        ref.alphas_cumprod.numpy(),
+        timestep_scaling=10.0,
         noises=noises[: steps - 1],
-    )  # fmt: skip
+    )
     assert steps < 3 or np.abs(lcm_spacing - denoised.numpy()).max() > 1e-3  # the two spacings differ from 3 steps
 
 
@@ -212,9 +226,14 @@ def test_callback_sees_each_denoised_estimate() -> None:
     x0, noises = draws(3)
     seen: list[tuple[int, int]] = []
     out = consistency_sample(
-        fake_eps, x0, [999, 759, 499, 259], ACP, timestep_scaling=4.0, noises=noises,
+        fake_eps,
+        x0,
+        [999, 759, 499, 259],
+        ACP,
+        timestep_scaling=4.0,
+        noises=noises,
         callback=lambda i, t, d: seen.append((i, t)),
-    )  # fmt: skip
+    )
     assert seen == [(0, 999), (1, 759), (2, 499), (3, 259)]
     assert out.shape == SHAPE
 
@@ -232,9 +251,13 @@ def test_registered_in_the_runtime_sampler_registry() -> None:
         ts = s.timesteps(1000, 4)
         got = samplers.sample(fake_eps, x0, ts, ACP, sampler=name, rng=np.random.default_rng(3))
         want = consistency_sample(
-            fake_eps, x0, ts, ACP, timestep_scaling=consistency_sampler(name).timestep_scaling,
+            fake_eps,
+            x0,
+            ts,
+            ACP,
+            timestep_scaling=consistency_sampler(name).timestep_scaling,
             rng=np.random.default_rng(3),
-        )  # fmt: skip
+        )
         assert np.array_equal(got, want)
         with pytest.raises(UsageError, match="deterministic"):
             samplers.sample(fake_eps, x0, ts, ACP, sampler=name, eta=0.5, rng=np.random.default_rng(3))
@@ -245,7 +268,9 @@ def test_generate_options_refuse_guidance_and_negative_prompt_for_few_step_sampl
 
     from t2vrt.runtime.options import GenerateOptions, validate
 
-    manifest = SimpleNamespace(model=SimpleNamespace(size_multiple=64), schedule=SimpleNamespace(num_train_timesteps=1000))
+    manifest = SimpleNamespace(
+        model=SimpleNamespace(size_multiple=64), schedule=SimpleNamespace(num_train_timesteps=1000)
+    )
     ok = GenerateOptions("a fox", "", 16, 256, 256, 4, 1.0, scheduler="t2v-turbo")
     validate(ok, manifest)  # type: ignore[arg-type]
     for bad, match in (

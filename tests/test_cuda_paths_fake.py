@@ -35,7 +35,9 @@ def test_gpu_clock_uses_cuda_events_without_cuda_cudart(cuda: FakeCudaRuntime) -
     assert cuda.events == {}
 
 
-def test_device_memory_is_read_from_the_nvml_device_with_the_cuda_bus_id(cuda: FakeCudaRuntime, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_device_memory_is_read_from_the_nvml_device_with_the_cuda_bus_id(
+    cuda: FakeCudaRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """NVML index 0 is another card here: only the PCI bus id names the device CUDA runs on."""
     from t2vrt.benchmark.memory import device_memory_probe
 
@@ -56,7 +58,9 @@ def test_device_memory_is_read_from_the_nvml_device_with_the_cuda_bus_id(cuda: F
     assert source == "nvml" and probe is not None and probe() == 4242
 
 
-def test_device_memory_falls_back_to_cudamemgetinfo_through_the_helper(cuda: FakeCudaRuntime, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_device_memory_falls_back_to_cudamemgetinfo_through_the_helper(
+    cuda: FakeCudaRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from t2vrt.benchmark.memory import device_memory_probe
 
     monkeypatch.setitem(sys.modules, "pynvml", None)
@@ -74,7 +78,9 @@ class _FallbackSession:
         return ["CPUExecutionProvider"]
 
 
-def test_onnxruntime_cuda_refuses_a_silent_cpu_fallback(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch, cuda: FakeCudaRuntime) -> None:
+def test_onnxruntime_cuda_refuses_a_silent_cpu_fallback(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch, cuda: FakeCudaRuntime
+) -> None:
     import onnxruntime as ort
 
     from t2vrt.manifest import load_manifest
@@ -90,7 +96,9 @@ def test_onnxruntime_cuda_refuses_a_silent_cpu_fallback(tiny_bundle: Path, monke
         backend.open("unet")
 
 
-def test_onnxruntime_cuda_sets_the_arena_from_the_plan(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch, cuda: FakeCudaRuntime) -> None:
+def test_onnxruntime_cuda_sets_the_arena_from_the_plan(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch, cuda: FakeCudaRuntime
+) -> None:
     import onnxruntime as ort
 
     from t2vrt.manifest import load_manifest
@@ -111,7 +119,9 @@ def test_onnxruntime_cuda_sets_the_arena_from_the_plan(tiny_bundle: Path, monkey
     backend = OnnxRuntimeBackend(load_manifest(tiny_bundle), "cuda")
     backend.open("unet")
     opts = dict(made[0].providers[0][1])
-    assert opts["arena_extend_strategy"] == "kSameAsRequested" and int(opts["gpu_mem_limit"]) == cuda.total - cuda.used()
+    assert (
+        opts["arena_extend_strategy"] == "kSameAsRequested" and int(opts["gpu_mem_limit"]) == cuda.total - cuda.used()
+    )
     assert backend.one_at_a_time is False  # the tiny model fits an 8 GiB card with all three resident
     cuda.others_used = cuda.total - cuda.used() - (1 << 20)  # 1 MiB left: the planner says one at a time
     small = OnnxRuntimeBackend(load_manifest(tiny_bundle), "cuda")

@@ -73,8 +73,10 @@ def test_analytic_parameter_counts_match_reference() -> None:
     from t2vrt.config import preset
 
     w = sizes.weight_bytes(preset("ms-1.7b"), itemsize=4)
-    print(f"\nms-1.7b fp32 weights: unet {w['unet'] / 1e9:.3f} GB, text {w['text_encoder'] / 1e9:.3f} GB, "
-          f"vae decoder {w['vae_decoder'] / 1e9:.3f} GB")  # fmt: skip
+    print(
+        f"\nms-1.7b fp32 weights: unet {w['unet'] / 1e9:.3f} GB, text {w['text_encoder'] / 1e9:.3f} GB, "
+        f"vae decoder {w['vae_decoder'] / 1e9:.3f} GB"
+    )
     assert abs(w["unet"] - 5.645e9) / 5.645e9 < 0.002  # text2video_pytorch_model.pth: 5.65 GB of fp32
 
 
@@ -97,8 +99,8 @@ def test_analytic_unet_parameters_equal_the_model(name: str) -> None:
 def test_analytic_unet_activations_track_onnx_liveness(tmp_path) -> None:
     """The analytic walk against tensor liveness of the exported tiny UNet graph, at several shapes."""
     torch = pytest.importorskip("torch")
-    from t2vrt.iospec import unet_spec
     from t2vrt.config import preset
+    from t2vrt.iospec import unet_spec
     from t2vrt.models.random_init import randomize_
     from t2vrt.models.unet3d import UNet3D
 
@@ -111,8 +113,16 @@ def test_analytic_unet_activations_track_onnx_liveness(tmp_path) -> None:
     path = tmp_path / "unet.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, args, str(path), input_names=spec.input_names, output_names=spec.output_names,
-                          dynamic_axes=spec.dynamic_axes(), opset_version=17, dynamo=False)  # fmt: skip
+        torch.onnx.export(
+            model,
+            args,
+            str(path),
+            input_names=spec.input_names,
+            output_names=spec.output_names,
+            dynamic_axes=spec.dynamic_axes(),
+            opset_version=17,
+            dynamo=False,
+        )
     graph = onnx.load(str(path))
     ratios = []
     for b, f, h, w in [(2, 4, 16, 16), (1, 8, 16, 24)]:
@@ -120,8 +130,10 @@ def test_analytic_unet_activations_track_onnx_liveness(tmp_path) -> None:
         live = liveness(graph, spec.shapes(dims))
         est = sizes.activation_bytes(cfg, "unet", dims, itemsize=4)
         ratios.append(live.peak_bytes / est)
-        print(f"\ntiny UNet {dims}: ONNX liveness {live.peak_bytes / 2**20:.2f} MiB (at {live.peak_node}), "
-              f"analytic {est / 2**20:.2f} MiB, ratio {ratios[-1]:.2f}, unresolved {len(live.unknown)}")  # fmt: skip
+        print(
+            f"\ntiny UNet {dims}: ONNX liveness {live.peak_bytes / 2**20:.2f} MiB (at {live.peak_node}), "
+            f"analytic {est / 2**20:.2f} MiB, ratio {ratios[-1]:.2f}, unresolved {len(live.unknown)}"
+        )
     # The analytic model is what the planner uses at full size; it must stay within the planner's margin of the
     # graph's own liveness, and scale with the shapes as the graph does.
     assert all(0.9 <= r <= 1.1 for r in ratios), ratios

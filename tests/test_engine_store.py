@@ -59,20 +59,35 @@ def fake_build(bundle: Path, target: store.Target, req: Request) -> dict[str, Pa
         prof = ep.profile(comp.io)
         stem = store.engine_stem(ep.component, ep.dims_min, ep.dims_max, prof, comp.files["fp16"].sha256, False, 3)
         path = store.target_dir(bundle, target) / f"{stem}.plan"
-        store.write_engine(path, b"\0" * 4096, {
-            "component": ep.component, "target": target.to_json(), "onnx_sha256": comp.files["fp16"].sha256,
-            "dims_min": ep.dims_min, "dims_opt": ep.dims_opt, "dims_max": ep.dims_max, "device_memory": 7 << 20,
-        })  # fmt: skip
+        store.write_engine(
+            path,
+            b"\0" * 4096,
+            {
+                "component": ep.component,
+                "target": target.to_json(),
+                "onnx_sha256": comp.files["fp16"].sha256,
+                "dims_min": ep.dims_min,
+                "dims_opt": ep.dims_opt,
+                "dims_max": ep.dims_max,
+                "device_memory": 7 << 20,
+            },
+        )
         files[ep.component] = path
-    store.write_plan(bundle, target, {"target": target.to_json(), "plan": plan.to_json(),
-                                      "engine_files": {c: p.name for c, p in files.items()}})  # fmt: skip
+    store.write_plan(
+        bundle,
+        target,
+        {"target": target.to_json(), "plan": plan.to_json(), "engine_files": {c: p.name for c, p in files.items()}},
+    )
     return files
 
 
 def test_keys_list_and_clean(tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path / "b")
     files = fake_build(bundle, HERE, Request(8, 64, 64))
-    assert files["unet"].name.startswith("unet-b2f8h8w8-") and files["unet"].parent.name == "nvidia-geforce-rtx-3060-sm86-trt10.13.0"
+    assert (
+        files["unet"].name.startswith("unet-b2f8h8w8-")
+        and files["unet"].parent.name == "nvidia-geforce-rtx-3060-sm86-trt10.13.0"
+    )
     rows = store.bundle_engine_summary(bundle)
     assert len(rows) == len(COMPONENTS) and all(r["stale"] is None for r in rows)
     assert {r["gpu"] for r in rows} == {HERE.gpu} and all(r["bytes"] == 4096 for r in rows)
@@ -88,15 +103,21 @@ def test_keys_list_and_clean(tmp_path: Path) -> None:
     write_json_atomic(bundle / "manifest.json", m)
     stale = {r["path"]: r["stale"] for r in store.bundle_engine_summary(bundle) if r["stale"]}
     print("\nstale:", json.dumps(stale, indent=1))
-    assert sum("not used by the current plan.json" in s for s in stale.values()) == 2  # the old unet and vae_encoder shapes
+    assert (
+        sum("not used by the current plan.json" in s for s in stale.values()) == 2
+    )  # the old unet and vae_encoder shapes
     assert sum("older export" in s for s in stale.values()) == 3  # every vae engine (old shapes, new, other GPU)
     assert "unfinished temp file" in stale.values()
     r = CliRunner().invoke(cli, ["build", str(bundle), "--clean"])
     assert r.exit_code == 0 and "6 stale engine file(s) removed" in r.output, r.output
     left = store.bundle_engine_summary(bundle)
-    assert len(left) == 6 and all(x["stale"] is None for x in left)  # text + unet + vae_encoder for each of the two targets
-    assert not any(p.suffix == ".json" and not p.with_suffix(".plan").exists() and p.name != "plan.json"
-                   for p in (bundle / "engines").rglob("*"))  # fmt: skip
+    assert len(left) == 6 and all(
+        x["stale"] is None for x in left
+    )  # text + unet + vae_encoder for each of the two targets
+    assert not any(
+        p.suffix == ".json" and not p.with_suffix(".plan").exists() and p.name != "plan.json"
+        for p in (bundle / "engines").rglob("*")
+    )
 
 
 def test_backend_refuses_engines_of_another_gpu(tmp_path: Path) -> None:
@@ -149,11 +170,24 @@ def test_measured_figures_and_card_memory_in_the_folder(tmp_path: Path) -> None:
     assert store.target_dir(bundle, t12) != store.target_dir(bundle, store.Target(t12.gpu, "8.6", "10.13.0", 8))
     assert store.Target.from_json(t12.to_json()) == t12 and "12 GiB" in t12.describe()
     dims = {"batch": 1, "frames": 8, "latent_height": 8, "latent_width": 8}
-    for streaming, extra in ((False, {"weights_on_card": 900}), (True, {"weights_on_card": 500, "streamable_weights": 600,
-                                                                          "weight_streaming_budget": 200})):  # fmt: skip
+    for streaming, extra in (
+        (False, {"weights_on_card": 900}),
+        (True, {"weights_on_card": 500, "streamable_weights": 600, "weight_streaming_budget": 200}),
+    ):
         path = store.target_dir(bundle, t12) / f"unet-{int(streaming)}.plan"
-        store.write_engine(path, b"\0", {"component": "unet", "dims_max": dims, "device_memory": 70 + streaming,
-                                         "weight_streaming": streaming, **extra})  # fmt: skip
+        store.write_engine(
+            path,
+            b"\0",
+            {
+                "component": "unet",
+                "dims_max": dims,
+                "device_memory": 70 + streaming,
+                "weight_streaming": streaming,
+                **extra,
+            },
+        )
     got = store.measured_memory(bundle, t12)["unet"]
     assert got[dims_key(dims)] == Measured(70, 900)
-    assert got[dims_key(dims, True)] == Measured(71, 500 - 200 + 600, 600, 200)  # 300 that cannot stream + 600 streamable
+    assert got[dims_key(dims, True)] == Measured(
+        71, 500 - 200 + 600, 600, 200
+    )  # 300 that cannot stream + 600 streamable

@@ -9,17 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
 
 from t2vrt.cli import cli
+from t2vrt.components import COMPONENTS
 from t2vrt.errors import T2VError, UsageError
 from t2vrt.export import bundle as bundle_mod
 from t2vrt.export.bundle import ExportOptions, export_bundle
 from t2vrt.export.gates import FP16_PSNR_BAR_DB, FP32_REL_L2_BAR
-from t2vrt.components import COMPONENTS
 from t2vrt.export.numerics import rel_l2, sample_inputs
 from t2vrt.manifest import load_manifest
 from t2vrt.runtime.onnxruntime_backend import make_session
@@ -60,9 +59,12 @@ def test_graphs_are_dynamic(tiny_bundle: Path, tiny_models) -> None:
 
     _, models = tiny_models
     m = load_manifest(tiny_bundle)
-    other = {"text_encoder": {"text_batch": 1}, "unet": {"batch": 2, "frames": 1, "latent_height": 8, "latent_width": 24},
-             "vae_decoder": {"vae_batch": 1, "latent_height": 5, "latent_width": 7},
-             "vae_encoder": {"vae_batch": 1, "latent_height": 3, "latent_width": 7}}
+    other = {
+        "text_encoder": {"text_batch": 1},
+        "unet": {"batch": 2, "frames": 1, "latent_height": 8, "latent_width": 24},
+        "vae_decoder": {"vae_batch": 1, "latent_height": 5, "latent_width": 7},
+        "vae_encoder": {"vae_batch": 1, "latent_height": 3, "latent_width": 7},
+    }
     for name in COMPONENTS:
         c = m.components[name]
         x = sample_inputs(c.io, other[name], seed=3)
@@ -82,8 +84,13 @@ def test_tracing_leaves_the_model_in_eval_mode(tmp_path: Path, tiny_models) -> N
 
     cfg, models = tiny_models
     spec = COMPONENTS["vae_decoder"].io(cfg)
-    trace_to_onnx(EngineIO(models["vae_decoder"], torch.float32), spec,
-                  sample_inputs(spec, COMPONENTS["vae_decoder"].trace_dims), tmp_path / "vae.onnx", 17)
+    trace_to_onnx(
+        EngineIO(models["vae_decoder"], torch.float32),
+        spec,
+        sample_inputs(spec, COMPONENTS["vae_decoder"].trace_dims),
+        tmp_path / "vae.onnx",
+        17,
+    )
     assert not any(m.training for m in models["vae_decoder"].modules())
 
 
@@ -187,7 +194,8 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     assert r.output.count("\n") == 1 and r.output.startswith("error: ") and "Traceback" not in r.output
     p = subprocess.run(
         [sys.executable, "-m", "t2vrt.cli", "export", "tiny", "--out", str(tmp_path / "b"), "--precision", "int8"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert p.returncode == 2 and "Traceback" not in p.stderr and "int8" in p.stderr
 
@@ -200,10 +208,10 @@ def test_full_size_unet_exports_with_external_data(tmp_path: Path) -> None:
     import psutil
     import torch
 
+    from t2vrt.config import preset
     from t2vrt.export.bundle import EngineIO
     from t2vrt.export.gates import torch_run
     from t2vrt.export.onnx_io import trace_to_onnx
-    from t2vrt.config import preset
     from t2vrt.models.random_init import randomize_
     from t2vrt.models.unet3d import UNet3D
 
@@ -213,7 +221,9 @@ def test_full_size_unet_exports_with_external_data(tmp_path: Path) -> None:
     spec = COMPONENTS["unet"].io(cfg)
     path = tmp_path / "unet" / "model.onnx"
     t0 = time.perf_counter()
-    data = trace_to_onnx(EngineIO(unet, torch.float32), spec, sample_inputs(spec, COMPONENTS["unet"].trace_dims), path, 17)
+    data = trace_to_onnx(
+        EngineIO(unet, torch.float32), spec, sample_inputs(spec, COMPONENTS["unet"].trace_dims), path, 17
+    )
     took = time.perf_counter() - t0
     assert data is not None and data.name == "model.onnx.data"
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.onnx", "model.onnx.data"]  # ONE data file

@@ -17,7 +17,9 @@ SMALL = dict(num_frames=3, height=64, width=64, num_inference_steps=3, seed=1)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
-def test_streamed_export_gives_the_same_video(tmp_path: Path, tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_streamed_export_gives_the_same_video(
+    tmp_path: Path, tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(onnx_io, "EXTERNAL_DATA_THRESHOLD", 0)  # every component takes the full-size path
     out = export_bundle(ExportOptions(model="tiny", out=tmp_path / "streamed", precision="both"))
     m = load_manifest(out)

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -40,8 +41,15 @@ def _torch_reference(tiny_models, tokens: np.ndarray, latents: np.ndarray, steps
     from t2vrt.runtime.video import to_uint8
 
     _, m = tiny_models
-    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                          set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading")
+    sched = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
     sched.set_timesteps(steps)
     with torch.no_grad():
         emb = m["text_encoder"](torch.from_numpy(tokens))  # (2, L, C): cond, uncond
@@ -109,7 +117,9 @@ class _NanBackend(OnnxRuntimeBackend):
         return _NanRunner(super().open(component), self.bad)
 
 
-@pytest.mark.parametrize("bad, stage", [("text_encoder", "text encoder"), ("unet", "UNet"), ("vae_decoder", "VAE decoder")])
+@pytest.mark.parametrize(
+    "bad, stage", [("text_encoder", "text encoder"), ("unet", "UNet"), ("vae_decoder", "VAE decoder")]
+)
 def test_nan_is_reported_with_its_stage(tiny_bundle: Path, bad: str, stage: str) -> None:
     m = load_manifest(tiny_bundle)
     backend = _NanBackend(m, "cpu")
@@ -142,8 +152,24 @@ def test_bad_generation_options(pipe: Pipeline, kwargs: dict, message: str) -> N
 
 def test_cli_generate_writes_a_readable_mp4(tiny_bundle: Path, tmp_path: Path) -> None:
     out = tmp_path / "ufo.mp4"
-    r = CliRunner().invoke(cli, ["generate", PROMPT, "--bundle", str(tiny_bundle), "-o", str(out), "--frames", "4",
-                                 "--steps", "3", "--backend", "onnxruntime-cpu", "-q"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "generate",
+            PROMPT,
+            "--bundle",
+            str(tiny_bundle),
+            "-o",
+            str(out),
+            "--frames",
+            "4",
+            "--steps",
+            "3",
+            "--backend",
+            "onnxruntime-cpu",
+            "-q",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "text encode" in r.output and "ms/step" in r.output
     frames = read_video(out)
@@ -191,11 +217,15 @@ def test_damaged_bundles(tiny_bundle: Path, tmp_path: Path) -> None:
     (b / "manifest.json").write_text(json.dumps(raw))
     unet = b / raw["components"]["unet"]["files"]["fp32"]["path"]
     unet.write_bytes(unet.read_bytes()[:1000])  # truncated graph: caught by the size/sha256 check before loading
-    p = _cli("generate", PROMPT, "--bundle", str(b), "-o", str(tmp_path / "y.mp4"), "-q", "--backend", "onnxruntime-cpu")
+    p = _cli(
+        "generate", PROMPT, "--bundle", str(b), "-o", str(tmp_path / "y.mp4"), "-q", "--backend", "onnxruntime-cpu"
+    )
     assert p.returncode == 2 and "changed or truncated" in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "y.mp4").exists()
     unet.unlink()
-    p = _cli("generate", PROMPT, "--bundle", str(b), "-o", str(tmp_path / "y.mp4"), "-q", "--backend", "onnxruntime-cpu")
+    p = _cli(
+        "generate", PROMPT, "--bundle", str(b), "-o", str(tmp_path / "y.mp4"), "-q", "--backend", "onnxruntime-cpu"
+    )
     assert p.returncode == 2 and "missing" in p.stderr
 
 
@@ -204,7 +234,7 @@ def test_generate_never_imports_torch(tiny_bundle: Path, tmp_path: Path) -> None
 import sys
 from click.testing import CliRunner
 from t2vrt.cli import cli
-r = CliRunner().invoke(cli, ["generate", "hi", "--bundle", {str(tiny_bundle)!r}, "-o", {str(tmp_path / 'v.gif')!r},
+r = CliRunner().invoke(cli, ["generate", "hi", "--bundle", {str(tiny_bundle)!r}, "-o", {str(tmp_path / "v.gif")!r},
                              "--frames", "2", "--steps", "2", "-q"])
 assert r.exit_code == 0, r.output
 print(sorted(m for m in ("torch", "onnx", "t2vrt.models", "open_clip") if m in sys.modules))
@@ -216,7 +246,7 @@ print(sorted(m for m in ("torch", "onnx", "t2vrt.models", "open_clip") if m in s
 
 def test_backend_hints_are_obeyed(tiny_bundle: Path) -> None:
     class Hinted(OnnxRuntimeBackend):
-        calls: list[int] = []
+        calls: ClassVar[list[int]] = []
 
         def hints(self) -> Hints:
             return Hints(guidance_batch=1, vae_chunk=1)

@@ -26,8 +26,11 @@ def _load() -> Any:
 
 def _figures() -> dict[str, Any]:
     s = {"mean": 0.5, "p95": 0.6}
-    return {"figures": {"unet_step": s, "decode": s, "end_to_end": s, "throughput": {"videos_per_min": 2.0}},
-            "memory": {"device_added_bytes": 1 << 30}, "selection": "x"}  # fmt: skip
+    return {
+        "figures": {"unet_step": s, "decode": s, "end_to_end": s, "throughput": {"videos_per_min": 2.0}},
+        "memory": {"device_added_bytes": 1 << 30},
+        "selection": "x",
+    }
 
 
 def test_a_failing_cell_is_labelled_and_the_run_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -38,7 +41,9 @@ def test_a_failing_cell_is_labelled_and_the_run_goes_on(tmp_path: Path, monkeypa
         args = cmd[3:]
         calls.append(args)
         if args[0] == "build" and "6GiB" in args:
-            return subprocess.CompletedProcess(cmd, 1, "", "building...\nt2vrt: error: 24 frames at 576x320 does not fit in 6.00 GiB\n")
+            return subprocess.CompletedProcess(
+                cmd, 1, "", "building...\nt2vrt: error: 24 frames at 576x320 does not fit in 6.00 GiB\n"
+            )
         if args[0] == "bench" and "onnxruntime-cuda" in args and "16" in args:
             return subprocess.CompletedProcess(cmd, 1, "", "t2vrt: error: ONNX Runtime's CUDA provider did not load\n")
         if args[0] == "bench":
@@ -53,7 +58,10 @@ def test_a_failing_cell_is_labelled_and_the_run_goes_on(tmp_path: Path, monkeypa
     monkeypatch.setattr(gm.subprocess, "run", run)
     rows = gm.run_matrix(Path("b"), ["8GiB", "6GiB"], [], tmp_path)
     by = {(tuple(r["shape"]), r["contender"], r["vram"]): r for r in rows}
-    assert by[((16, 256, 256), "onnxruntime-cuda", None)]["error"] == "exit 1: t2vrt: error: ONNX Runtime's CUDA provider did not load"
+    assert (
+        by[((16, 256, 256), "onnxruntime-cuda", None)]["error"]
+        == "exit 1: t2vrt: error: ONNX Runtime's CUDA provider did not load"
+    )
     assert by[((24, 320, 576), "tensorrt", "6GiB")]["error"].endswith("does not fit in 6.00 GiB")
     assert by[((24, 320, 576), "tensorrt", "8GiB")]["step_ms"] == 500.0  # cells after a failure still ran
     assert by[((24, 320, 576), "torch-fp16", None)]["step_ms"] == 500.0  # the baseline, from its own process

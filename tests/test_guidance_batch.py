@@ -39,21 +39,21 @@ def test_explicit_two_is_refused_the_hint_is_not(tiny_bundle: Path) -> None:
 class _Hinted(OnnxRuntimeBackend):
     """A backend whose plan says guidance batch 2, counting the UNet's calls and their batch sizes."""
 
-    def __init__(self, *a, **k) -> None:  # noqa: ANN002, ANN003
+    def __init__(self, *a, **k) -> None:
         super().__init__(*a, **k)
         self.unet_batches: list[int] = []
 
     def hints(self) -> Hints:
         return Hints(guidance_batch=2)
 
-    def open(self, component: str):  # noqa: ANN201
+    def open(self, component: str):
         runner = super().open(component)
         outer = self
 
         class Counting:
             io = runner.io
 
-            def run(self, inputs):  # noqa: ANN001, ANN202
+            def run(self, inputs):
                 if component == "unet":
                     outer.unet_batches.append(inputs["latents"].shape[0])
                 return runner.run(inputs)
@@ -79,8 +79,25 @@ def test_cli_guidance_batch_2_with_a_few_step_sampler(tiny_bundle: Path, tmp_pat
     from t2vrt.cli import cli
 
     out = tmp_path / "v.gif"
-    args = ["generate", PROMPT, "--bundle", str(tiny_bundle), "-o", str(out), "--frames", "2", "--steps", "2",
-            "--scheduler", "lcm", "--guidance", "1", "--negative", "", "-q"]  # fmt: skip
+    args = [
+        "generate",
+        PROMPT,
+        "--bundle",
+        str(tiny_bundle),
+        "-o",
+        str(out),
+        "--frames",
+        "2",
+        "--steps",
+        "2",
+        "--scheduler",
+        "lcm",
+        "--guidance",
+        "1",
+        "--negative",
+        "",
+        "-q",
+    ]
     bad = CliRunner().invoke(cli, [*args, "--guidance-batch", "2"])
     assert bad.exit_code == 2, bad.output
     said = [ln for ln in bad.output.splitlines() if "guidance batch" in ln]  # (stderr's first line names the backend)

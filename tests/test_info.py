@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from support.writers import write_diffusers, write_original
 
 from t2vrt.cli import cli
+from t2vrt.config import preset
 from t2vrt.models import checkpoint
 from t2vrt.models.info import describe, parameter_counts
-from t2vrt.config import preset
-from support.writers import write_diffusers, write_original
 
 T2VRT = Path(sys.executable).parent / "t2vrt"
 
@@ -26,7 +26,10 @@ T2VRT = Path(sys.executable).parent / "t2vrt"
 def written(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("info")
     models, cfg = checkpoint.tiny_model(), preset("tiny")
-    return {"original": write_original(root / "original", models, cfg), "diffusers": write_diffusers(root / "diffusers", models, cfg)}
+    return {
+        "original": write_original(root / "original", models, cfg),
+        "diffusers": write_diffusers(root / "diffusers", models, cfg),
+    }
 
 
 def _tiny_counts() -> dict[str, int]:
@@ -61,12 +64,19 @@ def test_info_each_layout(written, layout):
 
 def test_info_subprocess(written):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    r = subprocess.run([str(T2VRT), "info", str(written["diffusers"])], capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(
+        [str(T2VRT), "info", str(written["diffusers"])], capture_output=True, text=True, env=env, timeout=300
+    )
     assert r.returncode == 0, r.stderr
     assert "layout:  diffusers" in r.stdout and f"{_tiny_counts()['unet']:,}" in r.stdout
 
-    r = subprocess.run([str(T2VRT), "info", str(written["diffusers"] / "missing")], capture_output=True, text=True,
-                       env=env, timeout=300)  # fmt: skip
+    r = subprocess.run(
+        [str(T2VRT), "info", str(written["diffusers"] / "missing")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     print("stderr:", r.stderr)
     assert r.returncode == 2
     assert r.stdout == "" and len(r.stderr.strip().splitlines()) == 1

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
 from lora_fixtures import collapse_by_name, diffusers_unet, module_shapes, product_pair
+
 from t2vrt.cli import cli
 from t2vrt.lora.names import diffusers_module_order
 from t2vrt.manifest import load_manifest
@@ -21,13 +21,19 @@ from t2vrt.manifest import load_manifest
 diffusers = pytest.importorskip("diffusers")
 PROMPT = "a red fox running through snow"
 DDIM_CONFIG = {
-    "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "clip_sample": False,
-    "num_train_timesteps": 1000, "prediction_type": "epsilon", "set_alpha_to_one": False, "steps_offset": 1,
-}  # fmt: skip
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+}
 
 
 @pytest.fixture(scope="module")
-def turbo(tmp_path_factory: pytest.TempPathFactory, tiny_models) -> tuple[Path, Path, dict, str]:  # noqa: ANN001
+def turbo(tmp_path_factory: pytest.TempPathFactory, tiny_models) -> tuple[Path, Path, dict, str]:
     """A tensor-list LoRA in T2V-Turbo's layout for the tiny UNet, and the bundle exported with it."""
     from t2vrt.config import UNET_PRESETS
 
@@ -46,7 +52,7 @@ def turbo(tmp_path_factory: pytest.TempPathFactory, tiny_models) -> tuple[Path, 
     return out, lora, pairs, result.output
 
 
-def test_export_reports_and_records_the_lora(turbo) -> None:  # noqa: ANN001
+def test_export_reports_and_records_the_lora(turbo) -> None:
     out, lora, pairs, output = turbo
     assert f"LoRA: {len(pairs)} modules changed, total delta norm" in output
     assert "guidance embedding folded into time_embed.0.bias at w 7.5 (base seed 0)" in output
@@ -60,7 +66,7 @@ def test_export_reports_and_records_the_lora(turbo) -> None:  # noqa: ANN001
     assert (d.sampler, d.num_inference_steps, d.guidance_scale, d.negative_prompt) == ("t2v-turbo", 4, 1.0, "")
 
 
-def test_another_scale_re_exports_only_the_unet(turbo, tmp_path: Path) -> None:  # noqa: ANN001
+def test_another_scale_re_exports_only_the_unet(turbo, tmp_path: Path) -> None:
     out, lora, _, _ = turbo
     copy = tmp_path / "bundle"
     import shutil
@@ -77,7 +83,7 @@ def test_another_scale_re_exports_only_the_unet(turbo, tmp_path: Path) -> None: 
     assert key["text_encoder"][0] == key["text_encoder"][1] and "text_encoder fp32: unchanged" in result.output
 
 
-def _reference_frames(tiny_models, pairs: dict, tokens: np.ndarray, seed: int, shape: tuple) -> np.ndarray:  # noqa: ANN001
+def _reference_frames(tiny_models, pairs: dict, tokens: np.ndarray, seed: int, shape: tuple) -> np.ndarray:
     """diffusers' UNet (cond_proj = the seeded base, the LoRA applied by name) + LCMScheduler at T2V-Turbo's 4
     timesteps with timestep_scaling 10, timestep_cond = wemb(7.5); the pipeline's latents and noises (same seed)."""
     from t2vrt.lora.guidance import base_cond_proj, w_embedding
@@ -96,8 +102,12 @@ def _reference_frames(tiny_models, pairs: dict, tokens: np.ndarray, seed: int, s
     wcond = torch.from_numpy(w_embedding(7.5)).float()[None]
     from unittest import mock
 
-    with torch.no_grad(), mock.patch.object(diffusers.schedulers.scheduling_lcm, "randn_tensor",
-                                            side_effect=lambda *a, **k: noises.pop(0)):  # fmt: skip
+    with (
+        torch.no_grad(),
+        mock.patch.object(
+            diffusers.schedulers.scheduling_lcm, "randn_tensor", side_effect=lambda *a, **k: noises.pop(0)
+        ),
+    ):
         emb = m["text_encoder"](torch.from_numpy(tokens))
         sample, denoised = torch.from_numpy(x), None
         for t in sched.timesteps:
@@ -108,7 +118,7 @@ def _reference_frames(tiny_models, pairs: dict, tokens: np.ndarray, seed: int, s
     return to_uint8(images)
 
 
-def test_few_step_generation_matches_diffusers_lcm_reference(turbo, tiny_models) -> None:  # noqa: ANN001
+def test_few_step_generation_matches_diffusers_lcm_reference(turbo, tiny_models) -> None:
     from t2vrt.runtime.pipeline import Pipeline
 
     out, _, pairs, _ = turbo
@@ -118,18 +128,21 @@ def test_few_step_generation_matches_diffusers_lcm_reference(turbo, tiny_models)
         tokens = pipe.tokenizer.encode([PROMPT])
     ref = _reference_frames(tiny_models, pairs, tokens, 5, (1, 4, 3, 8, 16))
     diff = np.abs(video.frames.astype(int) - ref.astype(int))
-    print(f"\nfew-step bundle vs diffusers UNet + LCMScheduler: max |diff| {diff.max()} levels, "
-          f"{np.mean(diff > 0):.4%} of values differ")  # fmt: skip
+    print(
+        f"\nfew-step bundle vs diffusers UNet + LCMScheduler: max |diff| {diff.max()} levels, "
+        f"{np.mean(diff > 0):.4%} of values differ"
+    )
     assert diff.max() <= 1 and ref.std() > 5
 
 
-def test_generate_needs_no_flags_and_refuses_negative_prompt(turbo, tmp_path: Path) -> None:  # noqa: ANN001
+def test_generate_needs_no_flags_and_refuses_negative_prompt(turbo, tmp_path: Path) -> None:
     out = turbo[0]
     ok = CliRunner().invoke(cli, ["generate", PROMPT, "--bundle", str(out), "--output", str(tmp_path / "v.mp4"), "-q"])
     assert ok.exit_code == 0, ok.output
     assert (tmp_path / "v.mp4").stat().st_size > 0
-    bad = CliRunner().invoke(cli, ["generate", PROMPT, "--bundle", str(out), "--negative", "blurry",
-                                   "--output", str(tmp_path / "w.mp4")])  # fmt: skip
+    bad = CliRunner().invoke(
+        cli, ["generate", PROMPT, "--bundle", str(out), "--negative", "blurry", "--output", str(tmp_path / "w.mp4")]
+    )
     assert bad.exit_code == 2 and "takes no negative prompt" in bad.output
     assert not (tmp_path / "w.mp4").exists()
 

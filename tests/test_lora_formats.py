@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from lora_fixtures import TINY, diffusers_unet, module_shapes, product_pair, tiny_unet
 from safetensors.torch import save_file
 
-from lora_fixtures import TINY, diffusers_unet, module_shapes, product_pair, tiny_unet
 from t2vrt.lora import LoraSpec, merge_into_module, parse_lora_spec, read_lora, resolve_lora
 from t2vrt.lora.names import module_names
 from t2vrt.models.unet3d import UNet3D
@@ -70,7 +70,7 @@ original_to_diffusers_base: dict[str, torch.Tensor] = {}
 
 
 @pytest.fixture(autouse=True)
-def _base_copy(base) -> None:  # noqa: ANN001
+def _base_copy(base) -> None:
     original_to_diffusers_base.clear()
     original_to_diffusers_base.update(original_to_diffusers(base[0], TINY))
 
@@ -85,7 +85,7 @@ def _product_delta(up: torch.Tensor, down: torch.Tensor, shape: tuple[int, ...])
 
 
 @pytest.mark.parametrize("prefix", ["unet.", "base_model.model.", ""])
-def test_diffusers_lora_a_b_without_config(base, tmp_path: Path, prefix: str) -> None:  # noqa: ANN001
+def test_diffusers_lora_a_b_without_config(base, tmp_path: Path, prefix: str) -> None:
     sd, shapes = base
     pairs = _product(shapes)
     tensors = {}
@@ -94,11 +94,12 @@ def test_diffusers_lora_a_b_without_config(base, tmp_path: Path, prefix: str) ->
     save_file(tensors, tmp_path / "pytorch_lora_weights.safetensors")
     got, (lora, report) = _merged_diffusers(sd, tmp_path, scale=0.5)
     assert lora.format == "diffusers" and report.modules == len(MODULES)
-    _assert_equal_weights(got, _expect(sd, {m: 0.5 * _product_delta(u, d, shapes[m]) for m, (u, d) in pairs.items()}),
-                          len(MODULES))  # fmt: skip
+    _assert_equal_weights(
+        got, _expect(sd, {m: 0.5 * _product_delta(u, d, shapes[m]) for m, (u, d) in pairs.items()}), len(MODULES)
+    )
 
 
-def test_older_diffusers_lora_down_up_and_attention_processors(base, tmp_path: Path) -> None:  # noqa: ANN001
+def test_older_diffusers_lora_down_up_and_attention_processors(base, tmp_path: Path) -> None:
     sd, shapes = base
     pairs = _product(shapes, seed=1)
     tensors = {}
@@ -114,11 +115,12 @@ def test_older_diffusers_lora_down_up_and_attention_processors(base, tmp_path: P
     got, (lora, _) = _merged_diffusers(sd, tmp_path / "lora.bin")
     assert lora.format == "diffusers"
     scale = {m: 2.0 if m == "conv_out" else 1.0 for m in MODULES}
-    _assert_equal_weights(got, _expect(sd, {m: scale[m] * _product_delta(u, d, shapes[m]) for m, (u, d) in pairs.items()}),
-                          len(MODULES))  # fmt: skip
+    _assert_equal_weights(
+        got, _expect(sd, {m: scale[m] * _product_delta(u, d, shapes[m]) for m, (u, d) in pairs.items()}), len(MODULES)
+    )
 
 
-def test_peft_config_scale_patterns(base, tmp_path: Path) -> None:  # noqa: ANN001
+def test_peft_config_scale_patterns(base, tmp_path: Path) -> None:
     """PEFT: lora_alpha / r, alpha_pattern and rank_pattern by module-name suffix, rslora."""
     import json
 
@@ -135,18 +137,20 @@ def test_peft_config_scale_patterns(base, tmp_path: Path) -> None:  # noqa: ANN0
     got, (lora, _) = _merged_diffusers(sd, folder)
     assert lora.format == "peft"
     scale = {m: 0.5 if m == "conv_out" else 2.0 for m in MODULES}
-    _assert_equal_weights(got, _expect(sd, {m: scale[m] * _product_delta(u, d, shapes[m]) for m, (u, d) in pairs.items()}),
-                          len(MODULES))  # fmt: skip
+    _assert_equal_weights(
+        got, _expect(sd, {m: scale[m] * _product_delta(u, d, shapes[m]) for m, (u, d) in pairs.items()}), len(MODULES)
+    )
     (folder / "adapter_config.json").write_text(json.dumps({**config, "alpha_pattern": {}, "use_rslora": True}))
     got, _ = _merged_diffusers(sd, folder)
-    _assert_equal_weights(got, _expect(sd, {m: 6 / 3**0.5 * _product_delta(u, d, shapes[m]) for m, (u, d) in pairs.items()}),
-                          len(MODULES))  # fmt: skip
+    _assert_equal_weights(
+        got, _expect(sd, {m: 6 / 3**0.5 * _product_delta(u, d, shapes[m]) for m, (u, d) in pairs.items()}), len(MODULES)
+    )
     (folder / "adapter_config.json").write_text(json.dumps({**config, "r": 5}))
     with pytest.raises(Exception, match="rank 3 in the weights but r 5"):
         _merged_diffusers(sd, folder)
 
 
-def test_kohya_with_temporal_modules(base, tmp_path: Path) -> None:  # noqa: ANN001
+def test_kohya_with_temporal_modules(base, tmp_path: Path) -> None:
     sd, shapes = base
     pairs = _product(shapes, seed=3)
     tensors = {}
@@ -159,8 +163,9 @@ def test_kohya_with_temporal_modules(base, tmp_path: Path) -> None:  # noqa: ANN
     save_file(tensors, tmp_path / "kohya.safetensors")
     got, (lora, _) = _merged_diffusers(sd, tmp_path / "kohya.safetensors")
     assert lora.format == "kohya"
-    _assert_equal_weights(got, _expect(sd, {m: 0.75 * _product_delta(u, d, shapes[m]) for m, (u, d) in pairs.items()}),
-                          len(MODULES))  # fmt: skip
+    _assert_equal_weights(
+        got, _expect(sd, {m: 0.75 * _product_delta(u, d, shapes[m]) for m, (u, d) in pairs.items()}), len(MODULES)
+    )
 
 
 def _stable_pairs(shapes: dict, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -180,7 +185,7 @@ def _stable_pairs(shapes: dict, seed: int) -> dict[str, tuple[torch.Tensor, torc
     return out
 
 
-def test_stable_lora_full_weights(base, tmp_path: Path) -> None:  # noqa: ANN001
+def test_stable_lora_full_weights(base, tmp_path: Path) -> None:
     sd, shapes = base
     pairs = _stable_pairs(shapes, seed=4)
     tensors = {}
@@ -192,7 +197,7 @@ def test_stable_lora_full_weights(base, tmp_path: Path) -> None:  # noqa: ANN001
     _assert_equal_weights(got, _expect(sd, {m: d for m, (_, _, d) in pairs.items()}), len(MODULES))
 
 
-def test_sd_webui_text2video_original_names_fp16(base, tmp_path: Path) -> None:  # noqa: ANN001
+def test_sd_webui_text2video_original_names_fp16(base, tmp_path: Path) -> None:
     """Original ModelScope names (their converter leaves the top-level time_embedding / conv_out names as they were),
     fp16 tensors, the metadata key; the user's weight multiplies the delta."""
     sd, shapes = base
@@ -212,25 +217,32 @@ def test_sd_webui_text2video_original_names_fp16(base, tmp_path: Path) -> None: 
     for m, (a, b, _) in pairs.items():
         a16, b16, shape = a.half().float(), b.half().float(), shapes[m]
         k = shape[2] if len(shape) >= 4 else 1
-        d = (b16 @ a16).view(shape[0], shape[1], k, k, 1).mean(dim=-2, keepdim=True) if len(shape) == 5 else (
-            (b16 @ a16).view(shape)
+        d = (
+            (b16 @ a16).view(shape[0], shape[1], k, k, 1).mean(dim=-2, keepdim=True)
+            if len(shape) == 5
+            else ((b16 @ a16).view(shape))
         )
         want[m] = 0.8 * d
     _assert_equal_weights(got, _expect(sd, want), len(MODULES))
 
 
-def test_two_loras_add_up_and_report(base, tmp_path: Path) -> None:  # noqa: ANN001
+def test_two_loras_add_up_and_report(base, tmp_path: Path) -> None:
     sd, shapes = base
     p1, p2 = _product(shapes, seed=8), _product(shapes, seed=9)
     for name, pairs in (("a", p1), ("b", p2)):
-        save_file({f"unet.{m}.lora_{ab}.weight": t for m, (up, down) in pairs.items()
-                   for ab, t in (("A", down), ("B", up))}, tmp_path / f"{name}.safetensors")  # fmt: skip
+        save_file(
+            {f"unet.{m}.lora_{ab}.weight": t for m, (up, down) in pairs.items() for ab, t in (("A", down), ("B", up))},
+            tmp_path / f"{name}.safetensors",
+        )
     ours = UNet3D(TINY).eval()
     ours.load_state_dict(sd)
     shp = {k: tuple(v.shape) for k, v in sd.items()}
     la, lb = read_lora(tmp_path / "a.safetensors", TINY, shp), read_lora(tmp_path / "b.safetensors", TINY, shp)
     report = merge_into_module(ours, [(la, 1.0), (lb, -0.5)])
-    assert report.modules == 2 * len(MODULES) and [n for n, _, _ in report.per_lora] == ["a.safetensors", "b.safetensors"]
+    assert report.modules == 2 * len(MODULES) and [n for n, _, _ in report.per_lora] == [
+        "a.safetensors",
+        "b.safetensors",
+    ]
     deltas = {m: _product_delta(*p1[m], shapes[m]) - 0.5 * _product_delta(*p2[m], shapes[m]) for m in MODULES}
     _assert_equal_weights(original_to_diffusers(ours.state_dict(), TINY), _expect(sd, deltas), len(MODULES))
     total = sum(float(d.double().square().sum()) for d in deltas.values()) ** 0.5
@@ -257,8 +269,14 @@ def test_resolve_local_and_hub(tmp_path: Path) -> None:
     local = tmp_path / "l.safetensors"
     local.write_bytes(b"")
     assert resolve_lora(LoraSpec(str(local))) == local
-    files = ["README.md", "modelscopet2v-laion/adapter_config.json", "modelscopet2v-laion/adapter_model.safetensors",
-             "modelscopet2v-webvid/adapter_model.safetensors", "modelscopet2v-laion/extra/x.bin", "unet_lora.pt"]  # fmt: skip
+    files = [
+        "README.md",
+        "modelscopet2v-laion/adapter_config.json",
+        "modelscopet2v-laion/adapter_model.safetensors",
+        "modelscopet2v-webvid/adapter_model.safetensors",
+        "modelscopet2v-laion/extra/x.bin",
+        "unet_lora.pt",
+    ]
     fetched: list[str] = []
 
     def download(repo: str, name: str) -> str:

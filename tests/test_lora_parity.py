@@ -4,13 +4,11 @@ written by PEFT itself), and deltas applied by name on diffusers' model (the clo
 from __future__ import annotations
 
 import re
-
-import numpy as np
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-
 from lora_fixtures import (
     TINY,
     collapse_by_name,
@@ -21,6 +19,7 @@ from lora_fixtures import (
     rel_l2,
     tiny_unet,
 )
+
 from t2vrt.lora import merge_into_module, read_lora
 from t2vrt.lora.names import diffusers_module_order
 from t2vrt.models.unet3d_keys import original_to_diffusers
@@ -43,9 +42,13 @@ def _shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
 def _peft_adapter(ref: torch.nn.Module, out: Path) -> torch.nn.Module:
     """A PEFT LoRA with random A and B (B is zero at init), saved by PEFT; returns the PeftModel."""
     config = peft.LoraConfig(
-        r=4, lora_alpha=8, target_modules=TARGETS, rank_pattern={"proj_out": 2}, alpha_pattern={"to_k": 3.0},
+        r=4,
+        lora_alpha=8,
+        target_modules=TARGETS,
+        rank_pattern={"proj_out": 2},
+        alpha_pattern={"to_k": 3.0},
         init_lora_weights=False,
-    )  # fmt: skip
+    )
     model = peft.get_peft_model(ref, config)
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
@@ -122,7 +125,12 @@ def test_tensor_list_with_guidance_embedding_lands_by_name(tmp_path: Path) -> No
     ours = tiny_unet(seed=3)
     ref = diffusers_unet({k: v.clone() for k, v in ours.state_dict().items()}, guidance=True)
     pairs = _list_pairs(ref, guidance=True, seed=4)
-    assert list(pairs)[:4] == ["conv_in", "time_embedding.linear_1", "time_embedding.cond_proj", "time_embedding.linear_2"]
+    assert list(pairs)[:4] == [
+        "conv_in",
+        "time_embedding.linear_1",
+        "time_embedding.cond_proj",
+        "time_embedding.linear_2",
+    ]
     path = tmp_path / "unet_lora.pt"
     torch.save([t for up_down in pairs.values() for t in up_down], path)
     state = dict(ours.state_dict())
@@ -190,7 +198,9 @@ def test_t2v_turbo_list_with_folded_guidance_matches_timestep_cond(tmp_path: Pat
         want = ref(*x, timestep_cond=exact).sample
         other_w = ref(*x, timestep_cond=t2v_turbo_w_embedding(torch.tensor([3.0, 3.0]))).sample
     err = rel_l2(got, want)
-    print(f"\nT2V-Turbo-style list + folded guidance (w 7.5) vs diffusers timestep_cond: rel L2 {err:.2e}, "
-          f"vs w 3: {rel_l2(got, other_w):.2e}")  # fmt: skip
+    print(
+        f"\nT2V-Turbo-style list + folded guidance (w 7.5) vs diffusers timestep_cond: rel L2 {err:.2e}, "
+        f"vs w 3: {rel_l2(got, other_w):.2e}"
+    )
     assert report.modules == 574 and err < 1e-5
     assert rel_l2(got, other_w) > 10 * err  # the folded w is the one that matters

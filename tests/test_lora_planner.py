@@ -13,19 +13,19 @@ from t2vrt.errors import UsageError
 
 
 @pytest.fixture(scope="module")
-def ms():  # noqa: ANN201
+def ms():
     return preset_facts("ms-1.7b")
 
 
 @pytest.mark.parametrize("gib", [6, 12, 24])
-def test_unguided_requests_plan_batch_1_unets(ms, gib: int) -> None:  # noqa: ANN001
+def test_unguided_requests_plan_batch_1_unets(ms, gib: int) -> None:
     p = make_plan(ms, Request(16, 256, 256, unguided=True), gib * GiB)
     assert p.guidance_batch == 1 and p.engine("unet").dims_max["batch"] == 1
     assert any("unguided batch-1" in r for r in p.reasons)
     assert Plan.from_json(p.to_json()).request.unguided
 
 
-def test_more_frames_fit_the_same_card_unguided(ms) -> None:  # noqa: ANN001
+def test_more_frames_fit_the_same_card_unguided(ms) -> None:
     """On 24 GiB the guided plan takes the batch-2 UNet; the few-step plan's UNet activations are about half."""
     guided = make_plan(ms, Request(24, 320, 576), 24 * GiB)
     few = make_plan(ms, Request(24, 320, 576, unguided=True), 24 * GiB)
@@ -46,8 +46,12 @@ def test_more_frames_fit_the_same_card_unguided(ms) -> None:  # noqa: ANN001
     assert most_frames(True) >= most_frames(False)
 
 
-def test_request_from_a_few_step_bundle_is_unguided(ms) -> None:  # noqa: ANN001
-    turbo = dataclasses.replace(ms, model=dataclasses.replace(
-        ms.model, defaults=dataclasses.replace(ms.model.defaults, sampler="t2v-turbo", num_inference_steps=4)))  # fmt: skip
+def test_request_from_a_few_step_bundle_is_unguided(ms) -> None:
+    turbo = dataclasses.replace(
+        ms,
+        model=dataclasses.replace(
+            ms.model, defaults=dataclasses.replace(ms.model.defaults, sampler="t2v-turbo", num_inference_steps=4)
+        ),
+    )
     assert request_from(turbo, None, None, None, False).unguided
     assert not request_from(ms, None, None, None, False).unguided

@@ -26,14 +26,18 @@ def ms():
 def test_every_card_gets_a_plan_within_its_budget(ms, gib: int, req: Request) -> None:
     p = make_plan(ms, req, gib * GiB)
     unet = p.engine("unet")
-    print(f"\n{gib} GiB {req.width}x{req.height}x{req.frames}: {p.residency}, guidance batch {p.guidance_batch}, "
-          f"VAE chunk {p.vae_chunk}, workspace {p.workspace / MiB:.0f} MiB, UNet on card "
-          f"{unet.resident_weight_bytes / GiB:.2f}/{unet.weight_bytes / GiB:.2f} GiB, peak {p.peak / GiB:.2f} of {p.budget / GiB:.2f} GiB")  # fmt: skip
+    print(
+        f"\n{gib} GiB {req.width}x{req.height}x{req.frames}: {p.residency}, guidance batch {p.guidance_batch}, "
+        f"VAE chunk {p.vae_chunk}, workspace {p.workspace / MiB:.0f} MiB, UNet on card "
+        f"{unet.resident_weight_bytes / GiB:.2f}/{unet.weight_bytes / GiB:.2f} GiB, peak {p.peak / GiB:.2f} of {p.budget / GiB:.2f} GiB"
+    )
     assert p.peak <= p.budget < gib * GiB
     assert 256 * MiB <= p.workspace <= 2 * GiB
     # static shapes: min = opt = max for the UNet, and the profile comes from the io spec
     prof = unet.profile(ms.io["unet"])
-    assert prof["latents"][0] == prof["latents"][2] == (p.guidance_batch, 4, req.frames, req.height // 8, req.width // 8)
+    assert (
+        prof["latents"][0] == prof["latents"][2] == (p.guidance_batch, 4, req.frames, req.height // 8, req.width // 8)
+    )
 
 
 def test_choices_follow_the_card(ms) -> None:
@@ -45,8 +49,10 @@ def test_choices_follow_the_card(ms) -> None:
     # never a slower choice on a bigger card
     rank = {("resident", 2): 0, ("sequential", 2): 1, ("resident", 1): 2, ("sequential", 1): 3}
     for req in SHAPES:
-        ranks = [rank[(p.residency, p.guidance_batch)] + 10 * p.engine("unet").weight_streaming
-                 for p in (make_plan(ms, req, g * GiB) for g in CARDS)]  # fmt: skip
+        ranks = [
+            rank[(p.residency, p.guidance_batch)] + 10 * p.engine("unet").weight_streaming
+            for p in (make_plan(ms, req, g * GiB) for g in CARDS)
+        ]
         assert ranks == sorted(ranks, reverse=True), ranks
 
 
@@ -101,7 +107,9 @@ def test_bad_requests_are_usage_errors(ms) -> None:
 
 
 def test_plan_command_prints_plan_and_table() -> None:
-    r = CliRunner().invoke(cli, ["plan", "ms-1.7b", "--vram", "4GiB", "--frames", "16", "--height", "256", "--width", "256"])
+    r = CliRunner().invoke(
+        cli, ["plan", "ms-1.7b", "--vram", "4GiB", "--frames", "16", "--height", "256", "--width", "256"]
+    )
     print("\n" + r.output)
     assert r.exit_code == 0, r.output
     assert "16 frames at 256x256 on 4.00 GiB" in r.output and "stage peak" in r.output and "unet" in r.output
@@ -110,7 +118,9 @@ def test_plan_command_prints_plan_and_table() -> None:
 
 
 def test_plan_command_errors_are_one_line() -> None:
-    r = CliRunner().invoke(cli, ["plan", "ms-1.7b", "--vram", "2GiB", "--frames", "64", "--height", "1024", "--width", "1024"])
+    r = CliRunner().invoke(
+        cli, ["plan", "ms-1.7b", "--vram", "2GiB", "--frames", "64", "--height", "1024", "--width", "1024"]
+    )
     assert r.exit_code == 2 and r.output.startswith("error: ") and r.output.count("\n") == 1
     r = CliRunner().invoke(cli, ["plan", "no-such-thing", "--vram", "4GiB"])
     assert r.exit_code == 2 and "neither a bundle directory nor a model preset" in r.output
@@ -123,7 +133,12 @@ def test_plan_on_an_exported_bundle_is_calibrated_by_onnx_liveness(tiny_bundle) 
     req = request_from(facts, None, None, None, False)
     facts = bundle_facts(tiny_bundle, calibrate=req)
     print(f"\ntiny bundle: liveness / analytic per engine {facts.sizes.calibration}")
-    assert facts.sizes.source == "onnx" and set(facts.sizes.calibration) == {"text_encoder", "unet", "vae_decoder", "vae_encoder"}
+    assert facts.sizes.source == "onnx" and set(facts.sizes.calibration) == {
+        "text_encoder",
+        "unet",
+        "vae_decoder",
+        "vae_encoder",
+    }
     from t2vrt.engine.sizes import FP16_GRAPH_FACTOR
 
     for name, factor in FP16_GRAPH_FACTOR.items():  # the constants the preset (no export) plans use still hold
@@ -158,8 +173,10 @@ def test_free_memory_is_not_reduced_by_the_cuda_context_again(ms) -> None:
     # 4.1 GiB free fits what a 4.1 GiB card does not: the context would have been counted twice
     v = int(4.1 * GiB)
     assert make_plan(ms, SHAPES[1], v).engine("unet").weight_streaming
-    assert make_plan(ms, SHAPES[1], v, free=True).engine("unet").resident_weight_bytes > make_plan(
-        ms, SHAPES[1], v).engine("unet").resident_weight_bytes  # fmt: skip
+    assert (
+        make_plan(ms, SHAPES[1], v, free=True).engine("unet").resident_weight_bytes
+        > make_plan(ms, SHAPES[1], v).engine("unet").resident_weight_bytes
+    )
 
 
 def test_card_memory_says_which_figure_it_is() -> None:
@@ -190,7 +207,10 @@ def test_workspace_is_counted_once(ms) -> None:
     m = _with_measured(ms, unet=(unet.dims_max, Measured(unet.activation_bytes)))
     p = make_plan(m, req, 4 * GiB)
     u = p.engine("unet")
-    assert u.measured and p.stage_bytes()["unet"] == u.resident_weight_bytes + u.io_bytes + u.activation_bytes + RUNTIME_RESERVE
+    assert (
+        u.measured
+        and p.stage_bytes()["unet"] == u.resident_weight_bytes + u.io_bytes + u.activation_bytes + RUNTIME_RESERVE
+    )
     assert "measured" in p.table().splitlines()[2]  # the workspace column says it is inside the measured figure
     # a measured UNet that takes all the card except the runtime reserve still fits: no workspace on top of it
     room = p.budget - (u.resident_weight_bytes + u.io_bytes + RUNTIME_RESERVE)
@@ -244,14 +264,20 @@ def test_plan_says_when_the_build_will_not_fit(ms) -> None:
     unet = p.engine("unet")
     assert p.build_peak == unet.weight_bytes + unet.activation_bytes + BUILDER_RESERVE > p.budget
     print("\n" + p.build_note)
-    assert p.build_note.startswith("build will not fit: ") and "unet" in p.build_note and "what builds in 4.00 GiB: " in p.build_note
+    assert (
+        p.build_note.startswith("build will not fit: ")
+        and "unet" in p.build_note
+        and "what builds in 4.00 GiB: " in p.build_note
+    )
     frames = int(p.build_note.split("what builds in 4.00 GiB: ")[1].split()[0])
     assert 0 < frames < SHAPES[1].frames
     assert make_plan(ms, Request(frames, SHAPES[1].height, SHAPES[1].width), 4 * GiB).build_note == ""
     for gib in CARDS[1:]:  # a plan that runs without streaming builds
         q = make_plan(ms, SHAPES[1], gib * GiB)
         assert q.build_note == "" and q.build_peak <= q.budget
-    r = CliRunner().invoke(cli, ["plan", "ms-1.7b", "--vram", "4GiB", "--frames", "24", "--height", "320", "--width", "576"])
+    r = CliRunner().invoke(
+        cli, ["plan", "ms-1.7b", "--vram", "4GiB", "--frames", "24", "--height", "320", "--width", "576"]
+    )
     assert r.exit_code == 0 and "build will not fit" in r.output
 
 
@@ -261,8 +287,12 @@ def test_with_measured_restates_the_plan_in_tensorrt_figures(ms) -> None:
     p = make_plan(ms, SHAPES[1], 4 * GiB)
     unet = p.engine("unet")
     w, streamable, budget = unet.weight_bytes + 10 * MiB, unet.weight_bytes // 2, 300 * MiB
-    real = p.with_measured({"unet": Measured(unet.activation_bytes // 2, w, streamable, budget),
-                            "text_encoder": Measured(1 * MiB, 700 * MiB)})  # fmt: skip
+    real = p.with_measured(
+        {
+            "unet": Measured(unet.activation_bytes // 2, w, streamable, budget),
+            "text_encoder": Measured(1 * MiB, 700 * MiB),
+        }
+    )
     u = real.engine("unet")
     assert u.measured and u.weight_bytes == w and u.resident_weight_bytes == w - streamable + budget
     assert u.stream_budget == budget  # what the backend sets is what the plan counts

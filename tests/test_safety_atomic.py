@@ -7,7 +7,6 @@ exchange (to exercise the two-rename fallback and its recovery).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -31,7 +30,11 @@ def _write(staged: StagedDir, files: dict[str, str]) -> Path:
 
 
 def _tree(d: Path) -> dict[str, str]:
-    return {p.relative_to(d).as_posix(): p.read_text() for p in sorted(d.rglob("*")) if p.is_file() and p.name != owned.MARKER}
+    return {
+        p.relative_to(d).as_posix(): p.read_text()
+        for p in sorted(d.rglob("*"))
+        if p.is_file() and p.name != owned.MARKER
+    }
 
 
 def _hidden(parent: Path) -> list[str]:
@@ -48,8 +51,9 @@ def test_exchange_swaps_two_directories(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("atomic_exchange", [True, False], ids=["exchange", "two-renames"])
-def test_replacing_keeps_user_files_and_refuses_foreign_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                             atomic_exchange: bool) -> None:  # fmt: skip
+def test_replacing_keeps_user_files_and_refuses_foreign_dirs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, atomic_exchange: bool
+) -> None:
     if not atomic_exchange:
         monkeypatch.setattr(atomic, "exchange", lambda a, b: False)
     target = tmp_path / "out"
@@ -61,8 +65,13 @@ def test_replacing_keeps_user_files_and_refuses_foreign_dirs(tmp_path: Path, mon
     (target / "engines" / "gpu" / "a.plan").write_text("engine")
     (target / "empty").mkdir()
     _write(StagedDir(target, "bundle"), {"manifest.json": "2", "unet/model.onnx": "g2"})
-    assert _tree(target) == {"manifest.json": "2", "unet/model.onnx": "g2", "notes.txt": "mine",
-                             "unet/my-copy.onnx": "mine too", "engines/gpu/a.plan": "engine"}  # fmt: skip
+    assert _tree(target) == {
+        "manifest.json": "2",
+        "unet/model.onnx": "g2",
+        "notes.txt": "mine",
+        "unet/my-copy.onnx": "mine too",
+        "engines/gpu/a.plan": "engine",
+    }
     assert (target / "empty").is_dir() and _hidden(tmp_path) == []  # no temp or old directory left
     assert json.loads((target / owned.MARKER).read_text())["files"] == ["manifest.json", "unet/model.onnx"]
 
@@ -76,7 +85,10 @@ def test_replacing_keeps_user_files_and_refuses_foreign_dirs(tmp_path: Path, mon
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "manifest.json").write_text("{}")  # looks like a bundle, is not one
-    for t, kind, why in ((mine, "bundle", "was not written by t2vrt"), (target, "frames", "is a t2vrt bundle, not a frames")):
+    for t, kind, why in (
+        (mine, "bundle", "was not written by t2vrt"),
+        (target, "frames", "is a t2vrt bundle, not a frames"),
+    ):
         with pytest.raises(UsageError, match=why):
             StagedDir(t, kind).prepare()
     assert _tree(mine) == {"manifest.json": "{}"}

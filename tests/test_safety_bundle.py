@@ -49,8 +49,11 @@ def test_each_kind_of_escaping_path_is_refused(bundle: Path, tmp_path: Path) -> 
     def unet(rel: str):  # type: ignore[no-untyped-def]
         return lambda raw: raw["components"]["unet"]["files"]["fp32"].update(path=rel)
 
-    for edit, why in ((unet(str(outside)), "is absolute"), (unet("../elsewhere.onnx"), "contains '..'"),
-                      (lambda raw: raw["tokenizer"].update(file="/etc/passwd"), "is absolute")):  # fmt: skip
+    for edit, why in (
+        (unet(str(outside)), "is absolute"),
+        (unet("../elsewhere.onnx"), "contains '..'"),
+        (lambda raw: raw["tokenizer"].update(file="/etc/passwd"), "is absolute"),
+    ):
         saved = (bundle / "manifest.json").read_text()
         _edit(bundle, edit)
         assert why in _one_line_error(["info", str(bundle)])
@@ -68,20 +71,24 @@ def test_a_flipped_byte_is_caught_by_info_and_generate(bundle: Path, tmp_path: P
     data[len(data) // 2] ^= 0x10
     f.write_bytes(data)
     assert "fails its sha256 check" in _one_line_error(["info", str(bundle)])
-    msg = _one_line_error(["generate", "x", "--bundle", str(bundle), "-o", str(tmp_path / "o.gif"), "-q",
-                           "--backend", "onnxruntime-cpu"])  # fmt: skip
+    msg = _one_line_error(
+        ["generate", "x", "--bundle", str(bundle), "-o", str(tmp_path / "o.gif"), "-q", "--backend", "onnxruntime-cpu"]
+    )
     assert "model.onnx fails its sha256 check" in msg and not (tmp_path / "o.gif").exists()
 
 
-@pytest.mark.parametrize("edit, why", [
-    (lambda c: c["defaults"].update(fps=0), r"defaults.fps must be in 1..240, got 0"),
-    (lambda c: c["unet"].update(channel_mult=[]), r"unet.channel_mult must list 1..8 levels"),
-    (lambda c: c["unet"].update(num_heads=-8), r"unet.num_heads must be in 1..1024, got -8"),
-    (lambda c: c["text_encoder"].update(context_length=0), r"text_encoder.context_length must be in 1..4096"),
-    (lambda c: c["vae"].update(ch_mult=[]), r"vae.ch_mult must list"),  # downscale 2 ** -1
-    (lambda c: c["schedule"].update(num_train_timesteps=0), r"num_train_timesteps must be in 2..100000"),
-    (lambda c: c["text_encoder"].update(layers=10**9), r"text_encoder.layers must be in 1..256"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "edit, why",
+    [
+        (lambda c: c["defaults"].update(fps=0), r"defaults.fps must be in 1..240, got 0"),
+        (lambda c: c["unet"].update(channel_mult=[]), r"unet.channel_mult must list 1..8 levels"),
+        (lambda c: c["unet"].update(num_heads=-8), r"unet.num_heads must be in 1..1024, got -8"),
+        (lambda c: c["text_encoder"].update(context_length=0), r"text_encoder.context_length must be in 1..4096"),
+        (lambda c: c["vae"].update(ch_mult=[]), r"vae.ch_mult must list"),  # downscale 2 ** -1
+        (lambda c: c["schedule"].update(num_train_timesteps=0), r"num_train_timesteps must be in 2..100000"),
+        (lambda c: c["text_encoder"].update(layers=10**9), r"text_encoder.layers must be in 1..256"),
+    ],
+)
 def test_manifest_values_are_checked_before_work(bundle: Path, edit, why: str) -> None:  # type: ignore[no-untyped-def]
     _edit(bundle, lambda raw: edit(raw["model"]["config"]))
     with pytest.raises(UsageError, match=why):
@@ -93,9 +100,11 @@ def test_deep_json_and_checkpoint_configs(bundle: Path) -> None:
     with pytest.raises(UsageError, match="nests 50000 levels deep"):
         load_manifest(bundle)
     tiny = PRESETS["tiny"]
-    for cfg, why in ((replace(tiny, unet=replace(tiny.unet, num_res_blocks=10**6)), "num_res_blocks must be in 1..16"),
-                     (replace(tiny, unet=replace(tiny.unet, head_dim=-1)), "head_dim must be in"),
-                     (replace(tiny, vae=replace(tiny.vae, norm_groups=7)), "norm_groups 7 must divide")):  # fmt: skip
+    for cfg, why in (
+        (replace(tiny, unet=replace(tiny.unet, num_res_blocks=10**6)), "num_res_blocks must be in 1..16"),
+        (replace(tiny, unet=replace(tiny.unet, head_dim=-1)), "head_dim must be in"),
+        (replace(tiny, vae=replace(tiny.vae, norm_groups=7)), "norm_groups 7 must divide"),
+    ):
         with pytest.raises(ConfigError, match=why):
             check_model_config(cfg)
 

@@ -52,11 +52,20 @@ def test_video_writers(full_fs: Path, name: str) -> None:
 
 def test_cli_gif_on_a_full_disk_prints_one_line_and_no_traceback_at_exit(full_fs: Path, tmp_path: Path) -> None:
     np.save(tmp_path / "frames.npy", _noise())
-    code = ("import numpy as np, sys; from t2vrt.runtime.video import save_video; from t2vrt.commands import reports_errors\n"
-            "reports_errors(lambda: save_video(np.load(sys.argv[1]), sys.argv[2]))()")  # fmt: skip
-    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "frames.npy"), str(full_fs / "a.gif")],
-                       capture_output=True, text=True)  # fmt: skip
-    assert r.returncode == 1 and r.stderr.strip() == f"error: disk full at {full_fs / 'a.gif'}: free some space there (or write elsewhere) and re-run", r.stderr
+    code = (
+        "import numpy as np, sys; from t2vrt.runtime.video import save_video; from t2vrt.commands import reports_errors\n"
+        "reports_errors(lambda: save_video(np.load(sys.argv[1]), sys.argv[2]))()"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "frames.npy"), str(full_fs / "a.gif")],
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        r.returncode == 1
+        and r.stderr.strip()
+        == f"error: disk full at {full_fs / 'a.gif'}: free some space there (or write elsewhere) and re-run"
+    ), r.stderr
     assert os.listdir(full_fs) == [FILLER]
 
 

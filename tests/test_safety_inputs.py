@@ -93,14 +93,17 @@ def test_json_reader_bounds_nesting_and_size(tmp_path: Path) -> None:
         read_json(tricky, max_bytes=10)
 
 
-@pytest.mark.parametrize("betas, n, why", [
-    ([0.01] * 999, 1000, r"shape \(999,\); expected 1000"),
-    ([0.01] * 999 + [1.5], 1000, r"betas\[999\] = 1.5"),
-    ([0.01] * 10 + [float("nan")], 11, "betas"),
-    ([0.0] * 4, 4, r"betas\[0\] = 0.0"),
-    ("abc", 3, "list of numbers|shape"),
-    ([0.01] * 4, 0, "num_train_timesteps"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "betas, n, why",
+    [
+        ([0.01] * 999, 1000, r"shape \(999,\); expected 1000"),
+        ([0.01] * 999 + [1.5], 1000, r"betas\[999\] = 1.5"),
+        ([0.01] * 10 + [float("nan")], 11, "betas"),
+        ([0.0] * 4, 4, r"betas\[0\] = 0.0"),
+        ("abc", 3, "list of numbers|shape"),
+        ([0.01] * 4, 0, "num_train_timesteps"),
+    ],
+)
 def test_schedule_checks(betas: object, n: object, why: str) -> None:
     with pytest.raises(UsageError, match=why):
         finite.check_schedule(betas, n)

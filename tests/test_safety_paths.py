@@ -23,18 +23,21 @@ def root(tmp_path: Path) -> Path:
     return r
 
 
-@pytest.mark.parametrize("rel, why", [
-    ("/etc/passwd", "is absolute"),
-    ("C:/Windows/system32", "is absolute"),
-    ("../outside.onnx", "contains '..'"),
-    ("unet/../../outside.onnx", "contains '..'"),
-    ("unet\\fp32\\model.onnx", "backslash"),
-    ("escape.onnx", "leaves the bundle through a symlink"),
-    ("up/outside.onnx", "leaves the bundle through a symlink"),
-    ("", "not a non-empty string"),
-    (7, "not a non-empty string"),
-    ("a\x00b", "NUL"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "rel, why",
+    [
+        ("/etc/passwd", "is absolute"),
+        ("C:/Windows/system32", "is absolute"),
+        ("../outside.onnx", "contains '..'"),
+        ("unet/../../outside.onnx", "contains '..'"),
+        ("unet\\fp32\\model.onnx", "backslash"),
+        ("escape.onnx", "leaves the bundle through a symlink"),
+        ("up/outside.onnx", "leaves the bundle through a symlink"),
+        ("", "not a non-empty string"),
+        (7, "not a non-empty string"),
+        ("a\x00b", "NUL"),
+    ],
+)
 def test_escaping_paths_are_refused(root: Path, rel: object, why: str) -> None:
     with pytest.raises(UsageError, match=why) as e:
         confine(root, rel, "unet fp32 graph", "manifest.json")

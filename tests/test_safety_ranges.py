@@ -11,14 +11,17 @@ from t2vrt.cli import cli
 from t2vrt.runtime import samplers
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--vram", "1GiB", "--frames", "0"], "--frames 0: must be positive"),
-    (["--vram", "1GiB", "--height", "0"], "--height 0: must be positive"),
-    (["--vram", "100MiB"], "--vram 100 MiB is below the 384 MiB reserved"),
-    (["--vram", "0.5GiB"], "give at least 640 MiB"),
-    # Nothing fits: answered by bisection (this used to walk 256 MiB at a time to 16 TiB for a small UNet).
-    (["--vram", "700MiB", "--frames", "100000"], "what fits in 700 MiB: [0-9]+ frames at 64x64"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--vram", "1GiB", "--frames", "0"], "--frames 0: must be positive"),
+        (["--vram", "1GiB", "--height", "0"], "--height 0: must be positive"),
+        (["--vram", "100MiB"], "--vram 100 MiB is below the 384 MiB reserved"),
+        (["--vram", "0.5GiB"], "give at least 640 MiB"),
+        # Nothing fits: answered by bisection (this used to walk 256 MiB at a time to 16 TiB for a small UNet).
+        (["--vram", "700MiB", "--frames", "100000"], "what fits in 700 MiB: [0-9]+ frames at 64x64"),
+    ],
+)
 def test_plan_ranges(args: list[str], message: str) -> None:
     r = CliRunner().invoke(cli, ["plan", "tiny", "--no-calibrate", *args])
     assert r.exit_code == 2, r.output

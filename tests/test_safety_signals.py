@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 CLI = [sys.executable, "-m", "t2vrt.cli"]
 
@@ -72,8 +71,22 @@ def test_sigterm_mid_generate_keeps_the_previous_output(tiny_bundle: Path, tmp_p
 
     frames = np.full((2, 64, 64, 3), 7, np.uint8)
     out = save_video(frames, tmp_path / "frames")  # an earlier run's output, to be replaced with --overwrite
-    run = _Run(["generate", "a cat", "--bundle", str(tiny_bundle), "-o", str(out), "--overwrite", "--steps", "900",
-                "--frames", "16"], tmp_path)  # fmt: skip
+    run = _Run(
+        [
+            "generate",
+            "a cat",
+            "--bundle",
+            str(tiny_bundle),
+            "-o",
+            str(out),
+            "--overwrite",
+            "--steps",
+            "900",
+            "--frames",
+            "16",
+        ],
+        tmp_path,
+    )
     run.wait_for(r"\d+/900", timeout=300)  # the progress bar is moving
     code, err = run.terminate()
     _check_interrupted(code, err)

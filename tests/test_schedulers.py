@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from t2vrt.errors import UsageError
-from t2vrt.runtime import schedulers as S
 from t2vrt.runtime import samplers
+from t2vrt.runtime import schedulers as S
 from t2vrt.runtime.samplers import sample
 
 torch = pytest.importorskip("torch")
@@ -130,13 +130,20 @@ def test_dpmpp_2m_loop_matches_diffusers(steps):
     theirs = _run_diffusers(ref, steps, x_init, eps_fn)
     # diffusers runs every DPM step in float32 whatever the sample's dtype. Its rounding floor here is what our own
     # loop loses when run in float32: the 1-step case divides a float32 cancellation by alpha(999) = 0.068.
-    ours32 = sample(lambda x, t: eps_fn(x.astype(np.float64), t).astype(np.float32), x_init.astype(np.float32),
-                      S.dpmpp_2m_timesteps(1000, steps), ACP, sampler="dpm++")
+    ours32 = sample(
+        lambda x, t: eps_fn(x.astype(np.float64), t).astype(np.float32),
+        x_init.astype(np.float32),
+        S.dpmpp_2m_timesteps(1000, steps),
+        ACP,
+        sampler="dpm++",
+    )
     floor = np.abs(ours32 - ours).max()
     err = np.abs(ours - theirs).max()
     stock = np.abs(ours - _run_diffusers(_dpm(), steps, x_init, eps_fn)).max()
-    print(f"dpm++2m {steps:2d} steps: max abs diff {err:.2e} (same schedule), {stock:.2e} (diffusers' float32 "
-          f"schedule); float32 floor {floor:.2e}")
+    print(
+        f"dpm++2m {steps:2d} steps: max abs diff {err:.2e} (same schedule), {stock:.2e} (diffusers' float32 "
+        f"schedule); float32 floor {floor:.2e}"
+    )
     assert err < max(1e-6, 4 * floor)
     assert stock < 1e-4
 
@@ -164,7 +171,9 @@ def test_sample_driver_draws_noise_from_rng_and_reports_progress():
     x_init, eps_fn = _problem(3)
     ts = S.ddim_timesteps(1000, 5)
     seen: list[tuple[int, int]] = []
-    a = sample(eps_fn, x_init, ts, ACP, eta=0.5, rng=np.random.default_rng(3), callback=lambda i, t, x: seen.append((i, t)))
+    a = sample(
+        eps_fn, x_init, ts, ACP, eta=0.5, rng=np.random.default_rng(3), callback=lambda i, t, x: seen.append((i, t))
+    )
     b = sample(eps_fn, x_init, ts, ACP, eta=0.5, rng=np.random.default_rng(3))
     np.testing.assert_array_equal(a, b)  # same seed, same result
     assert seen == [(i, int(t)) for i, t in enumerate(ts)]
@@ -175,8 +184,9 @@ def test_dtype_is_kept():
     x32 = x_init.astype(np.float32)
     out = sample(lambda x, t: eps_fn(x, t).astype(np.float32), x32, S.ddim_timesteps(1000, 10), ACP)
     assert out.dtype == np.float32
-    out = sample(lambda x, t: eps_fn(x, t).astype(np.float32), x32, S.dpmpp_2m_timesteps(1000, 10), ACP,
-                   sampler="dpm++")
+    out = sample(
+        lambda x, t: eps_fn(x, t).astype(np.float32), x32, S.dpmpp_2m_timesteps(1000, 10), ACP, sampler="dpm++"
+    )
     assert out.dtype == np.float32
 
 
@@ -186,14 +196,17 @@ def test_previous_timestep_comes_from_the_schedule():
     x, eps = rng.standard_normal(SHAPE), rng.standard_normal(SHAPE)
     a_t, a_p = ACP[999], ACP[500]
     x0 = (x - np.sqrt(1 - a_t) * eps) / np.sqrt(a_t)
-    np.testing.assert_allclose(S.ddim_step(x, eps, 999, 500, ACP), np.sqrt(a_p) * x0 + np.sqrt(1 - a_p) * eps, atol=1e-12)
+    np.testing.assert_allclose(
+        S.ddim_step(x, eps, 999, 500, ACP), np.sqrt(a_p) * x0 + np.sqrt(1 - a_p) * eps, atol=1e-12
+    )
     # After the last step, alpha_prev is alphas_cumprod[0] (set_alpha_to_one False), not 1.
     last = S.ddim_step(x, eps, 1, None, ACP)
     x0 = (x - np.sqrt(1 - ACP[1]) * eps) / np.sqrt(ACP[1])
     np.testing.assert_allclose(last, np.sqrt(ACP[0]) * x0 + np.sqrt(1 - ACP[0]) * eps, atol=1e-12)
     # DPM-Solver++'s first-order step is DDIM (eta 0); its last step returns the data prediction.
-    np.testing.assert_allclose(S.dpmpp_2m_step(x, eps, 999, 500, None, None, ACP)[0],
-                               S.ddim_step(x, eps, 999, 500, ACP), atol=1e-12)
+    np.testing.assert_allclose(
+        S.dpmpp_2m_step(x, eps, 999, 500, None, None, ACP)[0], S.ddim_step(x, eps, 999, 500, ACP), atol=1e-12
+    )
     xp, x0p = S.dpmpp_2m_step(x, eps, 40, None, x, 80, ACP)
     np.testing.assert_array_equal(xp, x0p)
 

@@ -65,20 +65,36 @@ class _Env:
         return build.current_target()[0]
 
 
-def make(bundle: Path, residency: str = "resident", g: int = 2, chunk: int | None = None, stream: bool = False,
-         req: Request = REQ, vram: int = 8 * GiB) -> Plan:  # fmt: skip
+def make(
+    bundle: Path,
+    residency: str = "resident",
+    g: int = 2,
+    chunk: int | None = None,
+    stream: bool = False,
+    req: Request = REQ,
+    vram: int = 8 * GiB,
+) -> Plan:
     """The planner's plan for the tiny bundle, with residency / guidance batch / VAE chunk / streaming forced."""
     p = make_plan(bundle_facts(bundle), req, vram)
     engines = []
     for e in p.engines:
         if e.component == "unet":
             lo, opt, hi = ({**d, "batch": g} for d in (e.dims_min, e.dims_opt, e.dims_max))
-            e = dataclasses.replace(e, dims_min=lo, dims_opt=opt, dims_max=hi,
-                                    resident_weight_bytes=e.weight_bytes * 7 // 8 if stream else e.weight_bytes)  # fmt: skip
+            e = dataclasses.replace(
+                e,
+                dims_min=lo,
+                dims_opt=opt,
+                dims_max=hi,
+                resident_weight_bytes=e.weight_bytes * 7 // 8 if stream else e.weight_bytes,
+            )
         if e.component == "vae_decoder" and chunk:
-            e = dataclasses.replace(e, dims_opt={**e.dims_opt, "vae_batch": chunk}, dims_max={**e.dims_max, "vae_batch": chunk})
+            e = dataclasses.replace(
+                e, dims_opt={**e.dims_opt, "vae_batch": chunk}, dims_max={**e.dims_max, "vae_batch": chunk}
+            )
         engines.append(e)
-    return dataclasses.replace(p, residency=residency, guidance_batch=g, vae_chunk=chunk or p.vae_chunk, engines=tuple(engines))
+    return dataclasses.replace(
+        p, residency=residency, guidance_batch=g, vae_chunk=chunk or p.vae_chunk, engines=tuple(engines)
+    )
 
 
 def build_engines(env: _Env, plan: Plan, target: store.Target | None = None) -> dict[str, Path]:
@@ -132,7 +148,11 @@ def test_available_names_the_problem(env: _Env) -> None:
 
     bundle = env.bundle
     none = why_tensorrt_unavailable(bundle)
-    assert none and f"no TensorRT engines in {bundle} for {GPU_NAME} (sm 8.9, 24 GiB)" in none and f"`t2vrt build {bundle}`" in none
+    assert (
+        none
+        and f"no TensorRT engines in {bundle} for {GPU_NAME} (sm 8.9, 24 GiB)" in none
+        and f"`t2vrt build {bundle}`" in none
+    )
     with pytest.raises(T2VError, match="no TensorRT engines"):
         backend(env)
     other = store.Target("NVIDIA A100-SXM4-80GB", "8.0", TRT_VERSION, 80)
@@ -157,12 +177,19 @@ def test_plan_is_keyed_by_card_memory_not_only_its_name(env: _Env) -> None:
     assert msg and "(sm 8.9, 8 GiB)" in msg and "12 GiB" in msg, msg
 
 
-@pytest.mark.parametrize("driver,devices,want", [
-    ("old", 1, "cudaErrorInsufficientDriver: cuda-python uses the CUDA 13.0 runtime, which needs an NVIDIA driver R580 "
-               "or newer, and the installed driver supports CUDA 12.4"),
-    ("none", 1, "no NVIDIA driver is loaded"),
-    ("ok", 0, "no CUDA device is visible"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "driver,devices,want",
+    [
+        (
+            "old",
+            1,
+            "cudaErrorInsufficientDriver: cuda-python uses the CUDA 13.0 runtime, which needs an NVIDIA driver R580 "
+            "or newer, and the installed driver supports CUDA 12.4",
+        ),
+        ("none", 1, "no NVIDIA driver is loaded"),
+        ("ok", 0, "no CUDA device is visible"),
+    ],
+)
 def test_gpu_probe_names_the_real_cuda_error(env: _Env, driver: str, devices: int, want: str) -> None:
     from t2vrt.engine.device import detect_gpu, gpu_problem
     from t2vrt.runtime.tensorrt_backend import why_tensorrt_unavailable
@@ -185,7 +212,10 @@ def test_real_cuda_bindings_without_a_driver_say_so() -> None:
 
     msg = gpu_problem() or ""
     print("\n" + msg)
-    assert msg.startswith("cudaErrorInsufficientDriver: cuda-python uses the CUDA ") and "no NVIDIA driver is loaded" in msg
+    assert (
+        msg.startswith("cudaErrorInsufficientDriver: cuda-python uses the CUDA ")
+        and "no NVIDIA driver is loaded" in msg
+    )
 
 
 def test_null_tensorrt_factory_is_one_line(env: _Env) -> None:
@@ -365,7 +395,9 @@ def test_batch1_on_batch2_engine_and_shapes_outside_the_engine(env: _Env, sessio
     for batch, frames in ((3, REQ.frames), (2, REQ.frames + 1), (1, 1)):
         with pytest.raises(UsageError) as err:
             unet.run(unet_inputs(b, np.random.default_rng(2), batch=batch, frames=frames))
-        assert "the unet engine was built for" in str(err.value) and f"`t2vrt build {env.bundle} --frames F" in str(err.value)
+        assert "the unet engine was built for" in str(err.value) and f"`t2vrt build {env.bundle} --frames F" in str(
+            err.value
+        )
     assert len(env.fake.runs) == 1 and env.cuda.calls["capture"] == 0
     b.close()
 
@@ -374,7 +406,9 @@ def test_engine_tensor_names_are_checked_at_load(env: _Env) -> None:
     env.fake.rename["unet"] = ("eps", "noise_pred")
     build_engines(env, make(env.bundle))
     b = backend(env)
-    with pytest.raises(T2VError, match=r"the unet engine's tensors .*noise_pred.* do not match the bundle's io spec .*eps"):
+    with pytest.raises(
+        T2VError, match=r"the unet engine's tensors .*noise_pred.* do not match the bundle's io spec .*eps"
+    ):
         b.open("unet")
     b.close()
 
@@ -463,8 +497,14 @@ def test_build_command_names_the_card_and_its_budget_and_replans(env: _Env) -> N
     r = CliRunner().invoke(cli, ["build", str(env.bundle), "--vram", "1GiB"])
     print("\n" + r.output)
     assert r.exit_code == 0, r.output
-    assert f"building for {GPU_NAME} (sm 8.9, 24 GiB) with TensorRT {TRT_VERSION}; --vram 1.00 GiB: the card's size" in r.output
-    assert "re-planning (the engines as built do not fit the card" in r.output and "as built, in TensorRT's own figures:" in r.output
+    assert (
+        f"building for {GPU_NAME} (sm 8.9, 24 GiB) with TensorRT {TRT_VERSION}; --vram 1.00 GiB: the card's size"
+        in r.output
+    )
+    assert (
+        "re-planning (the engines as built do not fit the card" in r.output
+        and "as built, in TensorRT's own figures:" in r.output
+    )
     p = Plan.from_json((store.read_plan(env.bundle, env.target) or {})["plan"])
     assert p.residency == "sequential" and not p.free and p.budget == 1 * GiB - CONTEXT_RESERVE
     # without --vram: the card's free memory, measured (this process's CUDA context already out of it)
@@ -478,7 +518,9 @@ def test_build_fails_naming_what_fits_when_no_replan_fits(env: _Env) -> None:
     facts = bundle_facts(env.bundle)
     env.fake.activation["unet"] = 800 * MiB  # more than a 1 GiB card has, whatever the arrangement
     with pytest.raises(T2VError) as e:
-        build.build(load_manifest(env.bundle), make_plan(facts, REQ, 1 * GiB), env.target, echo=lambda s: None, facts=facts)
+        build.build(
+            load_manifest(env.bundle), make_plan(facts, REQ, 1 * GiB), env.target, echo=lambda s: None, facts=facts
+        )
     msg = str(e.value)
     print("\n" + msg)
     assert "\n" not in msg and msg.startswith("the engines as built do not fit the card")
@@ -510,8 +552,13 @@ def test_reused_streaming_engine_gets_this_plans_budget(env: _Env) -> None:
     one = make(env.bundle, residency="sequential", g=1, stream=True)
     build_engines(env, one)
     u = one.engine("unet")
-    two = dataclasses.replace(one, engines=tuple(
-        dataclasses.replace(e, resident_weight_bytes=u.weight_bytes * 15 // 16) if e is u else e for e in one.engines))  # fmt: skip
+    two = dataclasses.replace(
+        one,
+        engines=tuple(
+            dataclasses.replace(e, resident_weight_bytes=u.weight_bytes * 15 // 16) if e is u else e
+            for e in one.engines
+        ),
+    )
     n = len(env.fake.builds)
     files = build_engines(env, two)
     assert len(env.fake.builds) == n  # reused

@@ -11,22 +11,36 @@ import pytest
 import torch
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
+from t2vrt.config.text import TEXT_ENCODER_PRESETS, TextEncoderConfig
 from t2vrt.iospec import text_encoder_spec
 from t2vrt.models import text_encoder_keys as keys
 from t2vrt.models.random_init import randomize_
-from t2vrt.config.text import TEXT_ENCODER_PRESETS, TextEncoderConfig
 from t2vrt.models.text_encoder import TextEncoder
 
 TINY = TEXT_ENCODER_PRESETS["tiny"]
 PROMPTS = ["", "a panda playing guitar on times square", "An astronaut riding a horse, 4k, HDR!", "x " * 90]
 # damo-vilab/text-to-video-ms-1.7b text_encoder/config.json, as published (the name/version fields left out).
 MS17_TEXT_CONFIG = {
-    "architectures": ["CLIPTextModel"], "attention_dropout": 0.0, "bos_token_id": 0, "dropout": 0.0,
-    "eos_token_id": 2, "hidden_act": "gelu", "hidden_size": 1024, "initializer_factor": 1.0,
-    "initializer_range": 0.02, "intermediate_size": 4096, "layer_norm_eps": 1e-05, "max_position_embeddings": 77,
-    "model_type": "clip_text_model", "num_attention_heads": 16, "num_hidden_layers": 23, "pad_token_id": 1,
-    "projection_dim": 512, "torch_dtype": "float16", "vocab_size": 49408,
-}  # fmt: skip
+    "architectures": ["CLIPTextModel"],
+    "attention_dropout": 0.0,
+    "bos_token_id": 0,
+    "dropout": 0.0,
+    "eos_token_id": 2,
+    "hidden_act": "gelu",
+    "hidden_size": 1024,
+    "initializer_factor": 1.0,
+    "initializer_range": 0.02,
+    "intermediate_size": 4096,
+    "layer_norm_eps": 1e-05,
+    "max_position_embeddings": 77,
+    "model_type": "clip_text_model",
+    "num_attention_heads": 16,
+    "num_hidden_layers": 23,
+    "pad_token_id": 1,
+    "projection_dim": 512,
+    "torch_dtype": "float16",
+    "vocab_size": 49408,
+}
 
 
 def rel_l2(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
@@ -37,9 +51,12 @@ def rel_l2(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
 def openclip_model(cfg: TextEncoderConfig, seed: int = 0) -> CLIP:
     """A whole (tiny-vision) OpenCLIP model whose text tower has cfg's shape, every parameter random."""
     text = CLIPTextCfg(
-        context_length=cfg.context_length, vocab_size=cfg.vocab_size, width=cfg.width, heads=cfg.heads,
+        context_length=cfg.context_length,
+        vocab_size=cfg.vocab_size,
+        width=cfg.width,
+        heads=cfg.heads,
         layers=cfg.layers,
-    )  # fmt: skip
+    )
     vision = CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8, image_size=16)
     model = CLIP(embed_dim=16, vision_cfg=vision, text_cfg=text).eval()
     return randomize_(model, seed=seed)
@@ -85,8 +102,15 @@ def test_tiny_matches_openclip_penultimate():
     assert ours.shape == (len(PROMPTS), 77, TINY.width) and ours.dtype == torch.float32
     assert err <= 1e-5
     # the last block really is skipped: running it too gives something else
-    assert rel_l2(model.ln_final(model.transformer(model.token_embedding(tokens) + model.positional_embedding,
-                                                   attn_mask=model.attn_mask)), ref) > 1e-2
+    assert (
+        rel_l2(
+            model.ln_final(
+                model.transformer(model.token_embedding(tokens) + model.positional_embedding, attn_mask=model.attn_mask)
+            ),
+            ref,
+        )
+        > 1e-2
+    )
 
 
 def test_causal_mask_and_meta_init():
@@ -149,8 +173,10 @@ def test_tiny_matches_transformers_clip_text_model():
         ours = enc(tokens)
         ref = ref_model(input_ids=tokens).last_hidden_state
     err = rel_l2(ours, ref)
-    print(f"\ntiny text encoder vs transformers CLIPTextModel ({len(hf_cfg.to_dict())} cfg keys, "
-          f"attn {ref_model.config._attn_implementation}): rel L2 {err:.2e}")
+    print(
+        f"\ntiny text encoder vs transformers CLIPTextModel ({len(hf_cfg.to_dict())} cfg keys, "
+        f"attn {ref_model.config._attn_implementation}): rel L2 {err:.2e}"
+    )
     assert err <= 1e-5
 
 
@@ -231,9 +257,15 @@ def test_onnx_export_two_batch_sizes(tmp_path):
     sample = open_clip.tokenize(PROMPTS[:2])
     with torch.no_grad():
         torch.onnx.export(
-            enc, (sample,), str(path), input_names=spec.input_names, output_names=spec.output_names,
-            dynamic_axes=spec.dynamic_axes(), opset_version=17, dynamo=False,
-        )  # fmt: skip
+            enc,
+            (sample,),
+            str(path),
+            input_names=spec.input_names,
+            output_names=spec.output_names,
+            dynamic_axes=spec.dynamic_axes(),
+            opset_version=17,
+            dynamo=False,
+        )
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for prompts in (PROMPTS[:1], PROMPTS):
         tokens = open_clip.tokenize(prompts)
@@ -273,6 +305,8 @@ def test_full_vit_h_matches_openclip():
     err = rel_l2(ours, ref)
     n_ours = sum(p.numel() for p in enc.parameters())
     n_tower = sum(p.numel() for p in tower.parameters())
-    print(f"\nViT-H-14 text: ours {n_ours:,} params (23 blocks), open_clip tower {n_tower:,} (24 + projection); "
-          f"rel L2 {err:.2e}; {time.perf_counter() - start:.1f} s")
+    print(
+        f"\nViT-H-14 text: ours {n_ours:,} params (23 blocks), open_clip tower {n_tower:,} (24 + projection); "
+        f"rel L2 {err:.2e}; {time.perf_counter() - start:.1f} s"
+    )
     assert err <= 1e-5

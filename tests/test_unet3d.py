@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from t2vrt.config.unet import UNET_PRESETS, UNet3DConfig
 from t2vrt.errors import T2VError
 from t2vrt.iospec import unet_spec
 from t2vrt.models.random_init import randomize_
-from t2vrt.config.unet import UNET_PRESETS, UNet3DConfig
 from t2vrt.models.unet3d import UNet3D
 from t2vrt.models.unet3d_keys import (
     config_from_diffusers,
@@ -215,9 +215,18 @@ def test_output_depends_on_text_and_other_frames(tiny_models: tuple[UNet3D, torc
 
 def test_honours_config_fields() -> None:
     cfg = UNet3DConfig(
-        model_channels=16, channel_mult=(1, 3), num_res_blocks=1, attn_scales=(0.5,), head_dim=8, num_heads=2,
-        context_dim=12, norm_groups=4, temporal_attention=False, in_channels=3, out_channels=5,
-    )  # fmt: skip
+        model_channels=16,
+        channel_mult=(1, 3),
+        num_res_blocks=1,
+        attn_scales=(0.5,),
+        head_dim=8,
+        num_heads=2,
+        context_dim=12,
+        norm_groups=4,
+        temporal_attention=False,
+        in_channels=3,
+        out_channels=5,
+    )
     model = randomize_(UNet3D(cfg), seed=0).eval()
     keys = set(model.state_dict())
     assert not any(".2.transformer_blocks" in k for k in keys) and "input_blocks.0.1.norm.weight" not in keys
@@ -271,9 +280,15 @@ def test_onnx_export_is_dynamic(tiny_models: tuple[UNet3D, torch.nn.Module], tmp
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            ours, inputs(TINY, 2, 3, 8, 16), str(path), input_names=spec.input_names,
-            output_names=spec.output_names, dynamic_axes=spec.dynamic_axes(), opset_version=17, dynamo=False,
-        )  # fmt: skip
+            ours,
+            inputs(TINY, 2, 3, 8, 16),
+            str(path),
+            input_names=spec.input_names,
+            output_names=spec.output_names,
+            dynamic_axes=spec.dynamic_axes(),
+            opset_version=17,
+            dynamo=False,
+        )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for b, f, h, w in [(2, 3, 8, 16), (1, 5, 16, 24)]:
         x, t, c = inputs(TINY, b, f, h, w, seed=3)

@@ -30,16 +30,23 @@ def pipe(tiny_bundle: Path):
 def _clip(seed: int = 0, n: int = F) -> np.ndarray:
     """Smooth moving gradients: a clip whose frames differ and survive resizing."""
     yy, xx = np.mgrid[0:H, 0:W]
-    frames = [np.stack([(xx * 2 + 9 * i) % 256, (yy * 3 + 5 * i + seed) % 256, np.full_like(xx, 40 + 30 * i)], -1)
-              for i in range(n)]  # fmt: skip
+    frames = [
+        np.stack([(xx * 2 + 9 * i) % 256, (yy * 3 + 5 * i + seed) % 256, np.full_like(xx, 40 + 30 * i)], -1)
+        for i in range(n)
+    ]
     return np.stack(frames).astype(np.uint8)
 
 
 def _diffusers_v2v(tiny_models, tokens, frames, strength, sampler, seed, guidance=9.0):
     """diffusers' VideoToVideoSDPipeline over our tiny weights mapped to its layout; text embeddings given."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler, UNet3DConditionModel
-    from diffusers import VideoToVideoSDPipeline
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        DPMSolverMultistepScheduler,
+        UNet3DConditionModel,
+        VideoToVideoSDPipeline,
+    )
     from PIL import Image
 
     from t2vrt.models import unet3d_keys, vae_encoder_keys, vae_keys
@@ -48,18 +55,35 @@ def _diffusers_v2v(tiny_models, tokens, frames, strength, sampler, seed, guidanc
     unet = UNet3DConditionModel.from_config(unet3d_keys.config_to_diffusers(cfg.unet)).eval()
     unet.load_state_dict(unet3d_keys.original_to_diffusers(m["unet"].state_dict(), cfg.unet))
     vae = AutoencoderKL.from_config(vae_keys.config_to_diffusers(cfg.vae)).eval()
-    vae.load_state_dict({**vae_keys.original_to_diffusers(m["vae_decoder"].state_dict(), cfg.vae),
-                         **vae_encoder_keys.original_to_diffusers(m["vae_encoder"].state_dict(), cfg.vae)})  # fmt: skip
-    ddim = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                         set_alpha_to_one=False, steps_offset=1)  # fmt: skip
+    vae.load_state_dict(
+        {
+            **vae_keys.original_to_diffusers(m["vae_decoder"].state_dict(), cfg.vae),
+            **vae_encoder_keys.original_to_diffusers(m["vae_encoder"].state_dict(), cfg.vae),
+        }
+    )
+    ddim = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
     sched = ddim if sampler == "ddim" else DPMSolverMultistepScheduler.from_config(ddim.config)
     p = VideoToVideoSDPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=unet, scheduler=sched)
     p.set_progress_bar_config(disable=True)
     with torch.no_grad():
         emb = m["text_encoder"](torch.from_numpy(tokens))  # (2, L, C): cond, uncond
-    out = p(prompt_embeds=emb[:1], negative_prompt_embeds=emb[1:], video=[Image.fromarray(f) for f in frames],
-            strength=strength, num_inference_steps=STEPS, guidance_scale=guidance,
-            generator=torch.Generator().manual_seed(seed), output_type="pt").frames  # (1, f, 3, H, W) in [0, 1]
+    out = p(
+        prompt_embeds=emb[:1],
+        negative_prompt_embeds=emb[1:],
+        video=[Image.fromarray(f) for f in frames],
+        strength=strength,
+        num_inference_steps=STEPS,
+        guidance_scale=guidance,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="pt",
+    ).frames  # (1, f, 3, H, W) in [0, 1]
     return to_uint8(out[0].numpy() * 2 - 1)
 
 
@@ -77,13 +101,26 @@ def _diffusers_draws(seed: int, f: int, c: int, h: int, w: int) -> tuple[np.ndar
 def test_frames_match_diffusers_video_to_video(pipe: Pipeline, tiny_models, sampler: str, strength: float) -> None:
     frames = _clip()
     posterior, noise = _diffusers_draws(11, F, 4, H // 8, W // 8)
-    video = pipe(PROMPT, init_video=frames, strength=strength, latents=noise, posterior_noise=posterior,
-                 num_frames=F, height=H, width=W, num_inference_steps=STEPS, guidance_scale=9.0, scheduler=sampler)  # fmt: skip
+    video = pipe(
+        PROMPT,
+        init_video=frames,
+        strength=strength,
+        latents=noise,
+        posterior_noise=posterior,
+        num_frames=F,
+        height=H,
+        width=W,
+        num_inference_steps=STEPS,
+        guidance_scale=9.0,
+        scheduler=sampler,
+    )
     ref = _diffusers_v2v(tiny_models, pipe.tokenizer.encode([PROMPT, ""]), frames, strength, sampler, 11)
     diff = np.abs(video.frames.astype(int) - ref.astype(int))
     kept = int(STEPS * strength)
-    print(f"\nv2v {sampler} strength {strength} ({kept} of {STEPS} steps) vs diffusers VideoToVideoSDPipeline: "
-          f"max |diff| {diff.max()} levels, {np.mean(diff > 0):.3%} of values differ")  # fmt: skip
+    print(
+        f"\nv2v {sampler} strength {strength} ({kept} of {STEPS} steps) vs diffusers VideoToVideoSDPipeline: "
+        f"max |diff| {diff.max()} levels, {np.mean(diff > 0):.3%} of values differ"
+    )
     assert video.frames.shape == ref.shape == (F, H, W, 3)
     assert diff.max() <= 1
     assert ref.std() > 5
@@ -177,6 +214,13 @@ def test_every_video_records_its_prompt(pipe: Pipeline, tmp_path: Path) -> None:
 def test_consistency_sampler_runs_from_the_kept_steps(pipe: Pipeline) -> None:
     """A few-step consistency sampler starts mid-schedule too: 4 lcm steps at strength 0.5 run the last 2."""
     steps: list[tuple[int, int]] = []
-    v = pipe(PROMPT, init_video=_clip(n=4)[:, :, :64], strength=0.5, scheduler="lcm", guidance_scale=1.0,
-             callback=lambda i, n: steps.append((i, n)), **{**SMALL, "num_inference_steps": 4})  # fmt: skip
+    v = pipe(
+        PROMPT,
+        init_video=_clip(n=4)[:, :, :64],
+        strength=0.5,
+        scheduler="lcm",
+        guidance_scale=1.0,
+        callback=lambda i, n: steps.append((i, n)),
+        **{**SMALL, "num_inference_steps": 4},
+    )
     assert v.frames.shape == (4, 64, 64, 3) and steps == [(1, 2), (2, 2)]

@@ -54,7 +54,9 @@ def test_encode_chunks_and_noise() -> None:
     assert calls == [5, 2, 2, 1] and np.array_equal(mean_all, mean_chunked)
     noise = np.random.default_rng(2).standard_normal((5, 4, 2, 3)).astype(np.float32)
     given = v2v.encode_frames(run, frames, 0.5, posterior_noise=noise)
-    np.testing.assert_allclose(given, mean_all + 0.5 * np.exp(-1.0) * noise.transpose(1, 0, 2, 3)[None], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        given, mean_all + 0.5 * np.exp(-1.0) * noise.transpose(1, 0, 2, 3)[None], rtol=1e-5, atol=1e-6
+    )
     drawn = v2v.encode_frames(run, frames, 0.5, rng=np.random.default_rng(3))
     again = v2v.encode_frames(run, frames, 0.5, rng=np.random.default_rng(3))
     assert np.array_equal(drawn, again) and not np.array_equal(drawn, mean_all)

@@ -10,26 +10,41 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 
+from t2vrt.config.vae import VAE_PRESETS, VAEConfig
 from t2vrt.errors import UsageError
 from t2vrt.iospec import vae_decoder_spec
 from t2vrt.models import vae_keys as keys
 from t2vrt.models.random_init import randomize_
-from t2vrt.config.vae import VAE_PRESETS, VAEConfig
 from t2vrt.models.vae import VAEDecoder
 
 TINY = VAE_PRESETS["tiny"]
 # damo-vilab/text-to-video-ms-1.7b vae/config.json as published (diffusers 0.15), plus the fields newer
 # diffusers versions write with their defaults (as in the re-saved copies of the same model).
 MS17_VAE_CONFIG = {
-    "_class_name": "AutoencoderKL", "_diffusers_version": "0.15.0.dev0", "act_fn": "silu",
-    "block_out_channels": [128, 256, 512, 512], "down_block_types": ["DownEncoderBlock2D"] * 4, "in_channels": 3,
-    "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32, "out_channels": 3, "sample_size": 512,
-    "scaling_factor": 0.18215, "up_block_types": ["UpDecoderBlock2D"] * 4,
-}  # fmt: skip
+    "_class_name": "AutoencoderKL",
+    "_diffusers_version": "0.15.0.dev0",
+    "act_fn": "silu",
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "in_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "out_channels": 3,
+    "sample_size": 512,
+    "scaling_factor": 0.18215,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+}
 MS17_VAE_CONFIG_NEW = dict(
-    MS17_VAE_CONFIG, force_upcast=True, latents_mean=None, latents_std=None, shift_factor=None,
-    use_post_quant_conv=True, use_quant_conv=True, mid_block_add_attention=True,
-)  # fmt: skip
+    MS17_VAE_CONFIG,
+    force_upcast=True,
+    latents_mean=None,
+    latents_std=None,
+    shift_factor=None,
+    use_post_quant_conv=True,
+    use_quant_conv=True,
+    mid_block_add_attention=True,
+)
 
 
 def rel_l2(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
@@ -114,13 +129,15 @@ def test_lightning_to_ours():
     ref = reference(TINY, seed=5)
     ours = keys.diffusers_to_original(ref.state_dict(), TINY)
     fake = {f"first_stage_model.{k}": v for k, v in ours.items()}
-    fake.update({
-        "first_stage_model.encoder.conv_in.weight": torch.zeros(32, 3, 3, 3),
-        "first_stage_model.encoder.down.0.block.0.norm1.weight": torch.zeros(32),
-        "first_stage_model.quant_conv.weight": torch.zeros(8, 8, 1, 1),
-        "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1),
-        "cond_stage_model.model.token_embedding.weight": torch.zeros(1),
-    })  # fmt: skip
+    fake.update(
+        {
+            "first_stage_model.encoder.conv_in.weight": torch.zeros(32, 3, 3, 3),
+            "first_stage_model.encoder.down.0.block.0.norm1.weight": torch.zeros(32),
+            "first_stage_model.quant_conv.weight": torch.zeros(8, 8, 1, 1),
+            "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1),
+            "cond_stage_model.model.token_embedding.weight": torch.zeros(1),
+        }
+    )
     for ckpt in (fake, {"state_dict": fake, "epoch": 3, "global_step": 1000}):
         got = keys.lightning_to_ours(ckpt)
         assert list(got) == list(ours)
@@ -147,8 +164,16 @@ def test_config_conversion():
 
 def test_config_fields_are_honoured():
     """A non-SD shape (3 levels, 8 groups, 16 latent channels, 1 output channel, other scale) still matches."""
-    cfg = VAEConfig(ch=16, ch_mult=(1, 2, 3), num_res_blocks=2, z_channels=16, embed_dim=16, out_ch=1,
-                           norm_groups=8, scaling_factor=0.5)  # fmt: skip
+    cfg = VAEConfig(
+        ch=16,
+        ch_mult=(1, 2, 3),
+        num_res_blocks=2,
+        z_channels=16,
+        embed_dim=16,
+        out_ch=1,
+        norm_groups=8,
+        scaling_factor=0.5,
+    )
     ref = reference(cfg, seed=6)
     dec = ours_from_diffusers(ref, cfg)
     z = torch.randn(2, 16, 3, 5, generator=torch.Generator().manual_seed(2))
@@ -171,9 +196,15 @@ def test_onnx_export_two_latent_sizes(tmp_path):
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
         torch.onnx.export(
-            dec, (torch.randn(2, 4, 4, 6, generator=gen),), str(path), input_names=spec.input_names,
-            output_names=spec.output_names, dynamic_axes=spec.dynamic_axes(), opset_version=17, dynamo=False,
-        )  # fmt: skip
+            dec,
+            (torch.randn(2, 4, 4, 6, generator=gen),),
+            str(path),
+            input_names=spec.input_names,
+            output_names=spec.output_names,
+            dynamic_axes=spec.dynamic_axes(),
+            opset_version=17,
+            dynamo=False,
+        )
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for shape in ((1, 4, 6, 4), (3, 4, 5, 7)):
         z = torch.randn(*shape, generator=gen)
@@ -200,7 +231,9 @@ def test_full_decoder_matches_diffusers():
         ours, want = dec(z), ref.decode(z / cfg.scaling_factor).sample
     err = rel_l2(ours, want)
     n = sum(p.numel() for p in dec.parameters())
-    print(f"\nfull VAE decoder ({n:,} params) vs diffusers, z (2,4,8,6): rel L2 {err:.2e}; "
-          f"{time.perf_counter() - start:.1f} s")
+    print(
+        f"\nfull VAE decoder ({n:,} params) vs diffusers, z (2,4,8,6): rel L2 {err:.2e}; "
+        f"{time.perf_counter() - start:.1f} s"
+    )
     assert ours.shape == (2, 3, 64, 48)
     assert err <= 1e-5

@@ -10,10 +10,10 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 
+from t2vrt.config.vae import VAE_PRESETS, VAEConfig
 from t2vrt.models import vae_encoder_keys as keys
 from t2vrt.models import vae_keys
 from t2vrt.models.random_init import randomize_
-from t2vrt.config.vae import VAE_PRESETS, VAEConfig
 from t2vrt.models.vae_encoder import VAEEncoder
 
 TINY = VAE_PRESETS["tiny"]
@@ -49,8 +49,10 @@ def test_tiny_matches_diffusers_encode():
     x = torch.rand(3, 3, 40, 56, generator=torch.Generator().manual_seed(0)) * 2 - 1  # images in [-1, 1]
     err_mean, err_logvar = _compare(enc, ref, x)
     n = sum(p.numel() for p in enc.parameters())
-    print(f"\ntiny VAE encoder ({n:,} params) vs diffusers AutoencoderKL.encode, x (3,3,40,56): "
-          f"rel L2 mean {err_mean:.2e}, logvar {err_logvar:.2e}")
+    print(
+        f"\ntiny VAE encoder ({n:,} params) vs diffusers AutoencoderKL.encode, x (3,3,40,56): "
+        f"rel L2 mean {err_mean:.2e}, logvar {err_logvar:.2e}"
+    )
     with torch.no_grad():
         mean, logvar = enc(x)
     assert mean.shape == (3, 4, 5, 7)
@@ -92,9 +94,12 @@ def test_diffusers_key_map_both_ways():
     assert all(to_diff[k].shape == ref_sd[k].shape for k in to_diff)
     assert to_diff["encoder.mid_block.attentions.0.to_q.weight"].ndim == 2
     # the encoder keeps LDM's level order: down.0 (full size) is diffusers' down_blocks.0
-    assert torch.equal(to_diff["encoder.down_blocks.0.resnets.0.conv1.weight"], ours["encoder.down.0.block.0.conv1.weight"])
-    assert torch.equal(to_diff["encoder.down_blocks.0.downsamplers.0.conv.weight"],
-                       ours["encoder.down.0.downsample.conv.weight"])  # fmt: skip
+    assert torch.equal(
+        to_diff["encoder.down_blocks.0.resnets.0.conv1.weight"], ours["encoder.down.0.block.0.conv1.weight"]
+    )
+    assert torch.equal(
+        to_diff["encoder.down_blocks.0.downsamplers.0.conv.weight"], ours["encoder.down.0.downsample.conv.weight"]
+    )
     back = keys.diffusers_to_original(to_diff, TINY)
     assert list(back) == list(ours) and all(torch.equal(back[k], ours[k]) for k in ours)
     # a full AutoencoderKL (decoder included) maps too; the decoder side is ignored
@@ -104,9 +109,13 @@ def test_diffusers_key_map_both_ways():
     back = keys.diffusers_to_original(legacy, TINY)
     assert all(torch.equal(back[k], ours[k]) for k in ours)
     with pytest.raises(KeyError, match="twice"):
-        keys.diffusers_to_original(dict(to_diff, **{"encoder.mid_block.attentions.0.query.bias": torch.zeros(64)}), TINY)
+        keys.diffusers_to_original(
+            dict(to_diff, **{"encoder.mid_block.attentions.0.query.bias": torch.zeros(64)}), TINY
+        )
     with pytest.raises(KeyError, match="down_blocks.9"):
-        keys.diffusers_to_original(dict(to_diff, **{"encoder.down_blocks.9.resnets.0.conv1.bias": torch.zeros(1)}), TINY)
+        keys.diffusers_to_original(
+            dict(to_diff, **{"encoder.down_blocks.9.resnets.0.conv1.bias": torch.zeros(1)}), TINY
+        )
     missing = dict(to_diff)
     del missing["quant_conv.bias"]
     with pytest.raises(KeyError, match="quant_conv.bias"):
@@ -138,8 +147,7 @@ def test_lightning_to_ours():
 
 def test_config_fields_are_honoured():
     """A non-SD shape (3 levels, 8 groups, 16 latent channels, 1 input channel, 3 blocks) still matches."""
-    cfg = VAEConfig(ch=16, ch_mult=(1, 2, 3), num_res_blocks=3, z_channels=16, embed_dim=16, out_ch=1,
-                           norm_groups=8)  # fmt: skip
+    cfg = VAEConfig(ch=16, ch_mult=(1, 2, 3), num_res_blocks=3, z_channels=16, embed_dim=16, out_ch=1, norm_groups=8)
     ref = reference(cfg, seed=7)
     enc = ours_from_diffusers(ref, cfg)
     x = torch.rand(2, 1, 12, 20, generator=torch.Generator().manual_seed(3)) * 2 - 1
@@ -157,7 +165,9 @@ def test_full_encoder_matches_diffusers():
     x = torch.rand(2, 3, 64, 48, generator=torch.Generator().manual_seed(4)) * 2 - 1
     err_mean, err_logvar = _compare(enc, ref, x)
     n = sum(p.numel() for p in enc.parameters())
-    print(f"\nfull VAE encoder ({n:,} params) vs diffusers, x (2,3,64,48): rel L2 mean {err_mean:.2e}, "
-          f"logvar {err_logvar:.2e}; {time.perf_counter() - start:.1f} s")
+    print(
+        f"\nfull VAE encoder ({n:,} params) vs diffusers, x (2,3,64,48): rel L2 mean {err_mean:.2e}, "
+        f"logvar {err_logvar:.2e}; {time.perf_counter() - start:.1f} s"
+    )
     assert enc(x)[0].shape == (2, 4, 8, 6)
     assert err_mean <= 1e-5 and err_logvar <= 1e-5

@@ -19,10 +19,18 @@ diffusers = pytest.importorskip("diffusers")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 
 HUB_CONFIG = {  # damo-vilab/text-to-video-ms-1.7b's scheduler_config.json (as in test_schedulers.py)
-    "_class_name": "DDIMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
-    "clip_sample": False, "num_train_timesteps": 1000, "prediction_type": "epsilon", "set_alpha_to_one": False,
-    "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None,
-}  # fmt: skip
+    "_class_name": "DDIMScheduler",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+}
 ACP = S.alphas_cumprod(S.scaled_linear_betas(0.00085, 0.012, 1000))
 SHAPE = (1, 4, 3, 5, 6)
 
@@ -132,8 +140,9 @@ def test_posterior_latents_match_diffusers_sample_and_mode() -> None:
     noise = torch.randn(post.mean.shape, generator=draw).numpy()  # the same draw, taken explicitly
     ours = V.posterior_latents(post.mean.numpy(), post.logvar.numpy(), 0.18215, noise)
     np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(V.posterior_latents(post.mean.numpy(), post.logvar.numpy(), 0.18215),
-                               post.mode().numpy() * 0.18215, rtol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        V.posterior_latents(post.mean.numpy(), post.logvar.numpy(), 0.18215), post.mode().numpy() * 0.18215, rtol=1e-6
+    )
     with pytest.raises(ValueError, match="posterior noise must have shape"):
         V.posterior_latents(post.mean.numpy(), post.logvar.numpy(), 0.18215, noise[:1])
 

@@ -18,7 +18,9 @@ F, H, W = 6, 48, 64
 def _smooth_frames() -> np.ndarray:
     # Gradients that move: what lossy codecs handle well, with every frame different.
     yy, xx = np.mgrid[0:H, 0:W]
-    frames = [np.stack([(xx * 3 + 10 * i) % 256, (yy * 4 + 5 * i) % 256, np.full_like(xx, 60 + 20 * i)], -1) for i in range(F)]
+    frames = [
+        np.stack([(xx * 3 + 10 * i) % 256, (yy * 4 + 5 * i) % 256, np.full_like(xx, 60 + 20 * i)], -1) for i in range(F)
+    ]
     return np.stack(frames).astype(np.uint8)
 
 

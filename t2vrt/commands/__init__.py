@@ -15,10 +15,23 @@ from t2vrt.errors import T2VError
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Packages only some installs have, and the extra that brings each (pyproject.toml).
-_EXTRAS = {"torch": "export", "open_clip": "export", "onnx": "export", "safetensors": "export",
-           "huggingface_hub": "export", "onnx_graphsurgeon": "export", "polygraphy": "export",
-           "tensorrt": "gpu", "cuda": "gpu", "pynvml": "gpu", "matplotlib": "bench",
-           "fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "starlette": "serve"}  # fmt: skip
+_EXTRAS = {
+    "torch": "export",
+    "open_clip": "export",
+    "onnx": "export",
+    "safetensors": "export",
+    "huggingface_hub": "export",
+    "onnx_graphsurgeon": "export",
+    "polygraphy": "export",
+    "tensorrt": "gpu",
+    "cuda": "gpu",
+    "pynvml": "gpu",
+    "matplotlib": "bench",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "multipart": "serve",
+    "starlette": "serve",
+}
 
 
 def reports_errors(fn: F) -> F:
@@ -40,7 +53,9 @@ def reports_errors(fn: F) -> F:
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP turned into one by t2vrt.safety.signals
             from t2vrt.safety.signals import Terminated, exit_status
 
-            click.echo(f"error: interrupted ({e.name})" if isinstance(e, Terminated) else "error: interrupted", err=True)
+            click.echo(
+                f"error: interrupted ({e.name})" if isinstance(e, Terminated) else "error: interrupted", err=True
+            )
             sys.exit(exit_status(e))
 
     return wrapper  # type: ignore[return-value]

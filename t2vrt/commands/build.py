@@ -11,9 +11,12 @@ from t2vrt.commands import reports_errors
 
 @click.command("build")
 @click.argument("bundle", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--vram", default=None,
-              help="Plan for a card of this size (e.g. 6GiB; the CUDA context comes out of it) instead of the card's "
-                   "free memory; never more than is free now.")
+@click.option(
+    "--vram",
+    default=None,
+    help="Plan for a card of this size (e.g. 6GiB; the CUDA context comes out of it) instead of the card's "
+    "free memory; never more than is free now.",
+)
 @click.option("--frames", type=int, default=None, help="Frames per video (default: the bundle's).")
 @click.option("--height", type=int, default=None, help="Height in pixels (default: the bundle's).")
 @click.option("--width", type=int, default=None, help="Width in pixels (default: the bundle's).")
@@ -21,7 +24,13 @@ from t2vrt.commands import reports_errors
 @click.option("--clean", is_flag=True, help="Only delete stale engines (older exports, unused shapes, temp files).")
 @reports_errors
 def command(
-    bundle: Path, vram: str | None, frames: int | None, height: int | None, width: int | None, dynamic: bool, clean: bool
+    bundle: Path,
+    vram: str | None,
+    frames: int | None,
+    height: int | None,
+    width: int | None,
+    dynamic: bool,
+    clean: bool,
 ) -> None:
     """Build (or reuse) BUNDLE's TensorRT engines for this GPU and TensorRT version."""
     from t2vrt.engine import store

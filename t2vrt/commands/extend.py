@@ -20,8 +20,13 @@ from t2vrt.runtime.samplers import SAMPLERS
 @click.option("--overlap", type=int, required=True, help="Frames each new window holds from the video so far.")
 @click.option("--windows", type=int, default=1, show_default=True, help="New windows to generate.")
 @click.option("--frames", type=int, default=None, help="Frames per window (default: the bundle's).")
-@click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
-              help="Output (default: CLIP's name + '_extended.mp4' beside it).")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output (default: CLIP's name + '_extended.mp4' beside it).",
+)
 @click.option("--prompt", default=None, help="Prompt (default: the one recorded in CLIP by t2vrt).")
 @click.option("--negative", default=None, help="Negative prompt (default: CLIP's recorded one, else the bundle's).")
 @click.option("--steps", type=int, default=None)
@@ -32,9 +37,23 @@ from t2vrt.runtime.samplers import SAMPLERS
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @reports_errors
-def command(clip: Path, bundle: Path, overlap: int, windows: int, frames: int | None, output: Path | None,
-            prompt: str | None, negative: str | None, steps: int | None, guidance: float | None, seed: int,
-            scheduler: str | None, backend: str, overwrite: bool, quiet: bool) -> None:  # fmt: skip
+def command(
+    clip: Path,
+    bundle: Path,
+    overlap: int,
+    windows: int,
+    frames: int | None,
+    output: Path | None,
+    prompt: str | None,
+    negative: str | None,
+    steps: int | None,
+    guidance: float | None,
+    seed: int,
+    scheduler: str | None,
+    backend: str,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
     """Continue CLIP by --windows windows, each holding the last --overlap frames so far; write the stitched video."""
     from tqdm import tqdm
 
@@ -55,8 +74,9 @@ def command(clip: Path, bundle: Path, overlap: int, windows: int, frames: int | 
         h, w = c.frames.shape[1:3]
         resolve_options(pipe.manifest, text, num_frames=window, height=h, width=w)  # the clip's size must be makeable
         click.echo(f"backend: {pipe.selection_note}", err=True)
-        click.echo(f"extending {c.num_frames} frames to {total} ({windows} window(s) of {window}, {overlap} held)",
-                   err=True)  # fmt: skip
+        click.echo(
+            f"extending {c.num_frames} frames to {total} ({windows} window(s) of {window}, {overlap} held)", err=True
+        )
         bar = tqdm(total=None, desc="window 1", unit="step", disable=quiet, file=sys.stderr)
 
         def on_step(i: int, n: int) -> None:
@@ -69,14 +89,28 @@ def command(clip: Path, bundle: Path, overlap: int, windows: int, frames: int | 
                 bar.set_description(f"window {w + 1}")
 
         try:
-            result = extend(pipe, c.frames, text, overlap, windows, num_frames=window, seed=seed,
-                            window_callback=on_window, negative_prompt=neg, num_inference_steps=steps,
-                            guidance_scale=guidance, scheduler=scheduler, callback=on_step)  # fmt: skip
+            result = extend(
+                pipe,
+                c.frames,
+                text,
+                overlap,
+                windows,
+                num_frames=window,
+                seed=seed,
+                window_callback=on_window,
+                negative_prompt=neg,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                scheduler=scheduler,
+                callback=on_step,
+            )
         finally:
             bar.close()
     record = {**result.record, "fps": c.fps or result.fps}
     record["init"] = {**record["init"], "source": clip.name}
     path = save_video(result.frames, out, fps=float(c.fps or result.fps), overwrite=overwrite, metadata=record)
-    click.echo(f"{len(result.frames)} frames {c.frames.shape[2]}x{c.frames.shape[1]}: "
-               f"{describe_init(record['init'], 0)}; denoise {result.timings.get('denoise', 0):.2f} s")  # fmt: skip
+    click.echo(
+        f"{len(result.frames)} frames {c.frames.shape[2]}x{c.frames.shape[1]}: "
+        f"{describe_init(record['init'], 0)}; denoise {result.timings.get('denoise', 0):.2f} s"
+    )
     click.echo(f"wrote {path}")

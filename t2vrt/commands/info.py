@@ -27,8 +27,10 @@ def describe_bundle(bundle: Path) -> dict[str, Any]:
     return {
         "kind": "bundle",
         "bundle": str(bundle),
-        "verified": {"files": sum(1 + bool(f.data_sha256) for c in m.components.values() for f in c.files.values()),
-                     "hashed_now": len(hashed)},
+        "verified": {
+            "files": sum(1 + bool(f.data_sha256) for c in m.components.values() for f in c.files.values()),
+            "hashed_now": len(hashed),
+        },
         "name": m.model_name,
         "precisions": m.precisions,
         "defaults": to_dict(m.defaults),
@@ -44,8 +46,12 @@ def describe_bundle(bundle: Path) -> dict[str, Any]:
 
 def format_bundle(d: dict[str, Any]) -> str:
     v = d["verified"]
-    lines = [f"bundle:  {d['bundle']}", f"verified: sha256 of {v['files']} files match the manifest ({v['hashed_now']} hashed now, the rest unchanged since last checked)",
-             f"name:    {d['name']}", f"precisions: {', '.join(d['precisions']) or 'none'}"]
+    lines = [
+        f"bundle:  {d['bundle']}",
+        f"verified: sha256 of {v['files']} files match the manifest ({v['hashed_now']} hashed now, the rest unchanged since last checked)",
+        f"name:    {d['name']}",
+        f"precisions: {', '.join(d['precisions']) or 'none'}",
+    ]
     for name, files in d["components"].items():
         for p, f in files.items():
             err = f["parity"].get("rel_l2")

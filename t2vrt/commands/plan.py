@@ -25,9 +25,15 @@ from t2vrt.commands import reports_errors
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @reports_errors
 def command(
-    bundle: str, vram: str | None, frames: int | None, height: int | None, width: int | None, dynamic: bool,
-    no_calibrate: bool, as_json: bool,
-) -> None:  # fmt: skip
+    bundle: str,
+    vram: str | None,
+    frames: int | None,
+    height: int | None,
+    width: int | None,
+    dynamic: bool,
+    no_calibrate: bool,
+    as_json: bool,
+) -> None:
     """Plan TensorRT engines for BUNDLE (a bundle directory, or a model preset name such as ms-1.7b)."""
     from t2vrt.engine.facts import card_memory, load_facts, make_plan, request_from
 

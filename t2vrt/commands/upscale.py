@@ -28,8 +28,10 @@ def prompt_for(clip: Path, record: dict | None, prompt: str | None, negative: st
     """--prompt, else the clip's own record's prompt (a t2vrt video carries it); the negative prompt likewise."""
     if prompt is None:
         if not record or not isinstance(record.get("prompt"), str):
-            raise UsageError(f"{clip} carries no t2vrt record of its prompt (it was not made by t2vrt, or was "
-                             "re-encoded): pass --prompt")  # fmt: skip
+            raise UsageError(
+                f"{clip} carries no t2vrt record of its prompt (it was not made by t2vrt, or was "
+                "re-encoded): pass --prompt"
+            )
         prompt = record["prompt"]
     if negative is None and record and isinstance(record.get("negative_prompt"), str):
         negative = record["negative_prompt"]
@@ -38,19 +40,39 @@ def prompt_for(clip: Path, record: dict | None, prompt: str | None, negative: st
 
 @click.command("upscale")
 @click.argument("clip", type=click.Path(path_type=Path))
-@click.option("--bundle", "-b", required=True, type=click.Path(path_type=Path),
-              help="The bundle to upscale with (zeroscope_v2_XL for the zeroscope workflow).")
-@click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
-              help="Output (.mp4, .webm, .gif or a directory; default: CLIP's name + '_upscaled.mp4' beside it).")
+@click.option(
+    "--bundle",
+    "-b",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The bundle to upscale with (zeroscope_v2_XL for the zeroscope workflow).",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output (.mp4, .webm, .gif or a directory; default: CLIP's name + '_upscaled.mp4' beside it).",
+)
 @click.option("--size", default="1024x576", show_default=True, help="Output WIDTHxHEIGHT (multiples of 64).")
-@click.option("--strength", type=float, default=0.7, show_default=True,
-              help="How much is redrawn, in (0, 1]: zeroscope's card suggests 0.66-0.85, diffusers' example 0.6.")
+@click.option(
+    "--strength",
+    type=float,
+    default=0.7,
+    show_default=True,
+    help="How much is redrawn, in (0, 1]: zeroscope's card suggests 0.66-0.85, diffusers' example 0.6.",
+)
 @click.option("--prompt", default=None, help="Prompt (default: the one recorded in CLIP by t2vrt).")
 @click.option("--negative", default=None, help="Negative prompt (default: CLIP's recorded one, else the bundle's).")
 @click.option("--frames", type=int, default=None, help="Frames to upscale (default: all of CLIP's).")
 @click.option("--start-frame", type=click.IntRange(0), default=0, show_default=True)
-@click.option("--fit", type=click.Choice(FITS), default="crop", show_default=True,
-              help="crop: keep the aspect ratio and cut the centre; stretch: scale each axis.")
+@click.option(
+    "--fit",
+    type=click.Choice(FITS),
+    default="crop",
+    show_default=True,
+    help="crop: keep the aspect ratio and cut the centre; stretch: scale each axis.",
+)
 @click.option("--steps", type=int, default=None, help="Denoising steps of the full schedule (default: the bundle's).")
 @click.option("--guidance", type=float, default=None, help="Guidance scale (default: the bundle's).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -62,10 +84,28 @@ def prompt_for(clip: Path, record: dict | None, prompt: str | None, negative: st
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @reports_errors
-def command(clip: Path, bundle: Path, output: Path | None, size: str, strength: float, prompt: str | None,
-            negative: str | None, frames: int | None, start_frame: int, fit: str, steps: int | None,
-            guidance: float | None, seed: int, scheduler: str | None, posterior_noise: str | None, backend: str,
-            guidance_batch: int | None, vae_chunk: int | None, overwrite: bool, quiet: bool) -> None:  # fmt: skip
+def command(
+    clip: Path,
+    bundle: Path,
+    output: Path | None,
+    size: str,
+    strength: float,
+    prompt: str | None,
+    negative: str | None,
+    frames: int | None,
+    start_frame: int,
+    fit: str,
+    steps: int | None,
+    guidance: float | None,
+    seed: int,
+    scheduler: str | None,
+    posterior_noise: str | None,
+    backend: str,
+    guidance_batch: int | None,
+    vae_chunk: int | None,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
     """Redraw CLIP at --size with a bundle (video-to-video), reusing the prompt t2vrt recorded in it."""
     from tqdm import tqdm
 
@@ -86,8 +126,10 @@ def command(clip: Path, bundle: Path, output: Path | None, size: str, strength: 
         c = read_clip(clip, start_frame=start_frame, num_frames=frames, size=(width, height), fit=fit)
         text, neg = prompt_for(clip, c.metadata, prompt, negative)
         click.echo(f"backend: {pipe.selection_note}", err=True)
-        click.echo(f"upscaling {c.num_frames} frames {c.source_size[0]}x{c.source_size[1]} -> {width}x{height}: "
-                   f"{text!r}", err=True)  # fmt: skip
+        click.echo(
+            f"upscaling {c.num_frames} frames {c.source_size[0]}x{c.source_size[1]} -> {width}x{height}: {text!r}",
+            err=True,
+        )
         bar = tqdm(total=None, desc="denoising", unit="step", disable=quiet, file=sys.stderr)
 
         def on_step(i: int, n: int) -> None:
@@ -95,10 +137,23 @@ def command(clip: Path, bundle: Path, output: Path | None, size: str, strength: 
             bar.update(1)
 
         try:
-            video = pipe(text, negative_prompt=neg, num_frames=c.num_frames, height=height, width=width,
-                         num_inference_steps=steps, guidance_scale=guidance, seed=seed, scheduler=scheduler,
-                         guidance_batch=guidance_batch, vae_chunk=vae_chunk, callback=on_step, init_video=c.frames,
-                         strength=strength, posterior_noise=posterior)  # fmt: skip
+            video = pipe(
+                text,
+                negative_prompt=neg,
+                num_frames=c.num_frames,
+                height=height,
+                width=width,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                seed=seed,
+                scheduler=scheduler,
+                guidance_batch=guidance_batch,
+                vae_chunk=vae_chunk,
+                callback=on_step,
+                init_video=c.frames,
+                strength=strength,
+                posterior_noise=posterior,
+            )
         finally:
             bar.close()
     record = dict(video.record or {})
@@ -108,8 +163,10 @@ def command(clip: Path, bundle: Path, output: Path | None, size: str, strength: 
     fps = c.fps or (c.metadata or {}).get("fps") or video.fps
     path = save_video(video.frames, out, fps=float(fps), overwrite=overwrite, metadata=record)
     o, t = video.options, video.timings
-    click.echo(f"{o.num_frames} frames {o.width}x{o.height}, guidance {o.guidance_scale:g}, seed {o.seed} on "
-               f"{video.backend}: {describe_init(record['init'], o.num_inference_steps)}\n"
-               f"  encode {t.get('init_encode', 0):.2f} s | denoise {t['denoise']:.2f} s ({t['step'] * 1000:.0f} ms/step) | "
-               f"decode {t['decode']:.2f} s")  # fmt: skip
+    click.echo(
+        f"{o.num_frames} frames {o.width}x{o.height}, guidance {o.guidance_scale:g}, seed {o.seed} on "
+        f"{video.backend}: {describe_init(record['init'], o.num_inference_steps)}\n"
+        f"  encode {t.get('init_encode', 0):.2f} s | denoise {t['denoise']:.2f} s ({t['step'] * 1000:.0f} ms/step) | "
+        f"decode {t['decode']:.2f} s"
+    )
     click.echo(f"wrote {path}")

@@ -24,11 +24,15 @@ def describe_init(init: dict[str, Any], steps: int) -> str:
     kind = init.get("kind")
     if kind == "video":
         kept = int(steps * float(init["strength"]))
-        return (f"video-to-video from {init.get('source')} (frame {init.get('start_frame', 0)} on): strength "
-                f"{init['strength']:g}, {kept} of {steps} steps")  # fmt: skip
+        return (
+            f"video-to-video from {init.get('source')} (frame {init.get('start_frame', 0)} on): strength "
+            f"{init['strength']:g}, {kept} of {steps} steps"
+        )
     if kind == "image":
         return f"image-to-video from {init.get('source')}: {init['hold_frames']} held frame(s), strength {init['strength']:g}"
     if kind == "continuation":
-        return (f"continued {init['source_frames']} frames by {init['windows']} window(s) of {init['window']}, "
-                f"{init['overlap']} held")  # fmt: skip
+        return (
+            f"continued {init['source_frames']} frames by {init['windows']} window(s) of {init['window']}, "
+            f"{init['overlap']} held"
+        )
     return f"held {init.get('hold_frames')} frame(s)"

@@ -10,7 +10,20 @@ from t2vrt.config.unet import UNET_PRESETS, LayerSpec, UNet3DConfig, unet_layout
 from t2vrt.config.vae import VAE_PRESETS, VAEConfig
 
 __all__ = [
-    "PRESETS", "TEXT_ENCODER_PRESETS", "UNET_PRESETS", "VAE_PRESETS", "ConfigError", "Defaults", "LayerSpec",
-    "ModelConfig", "ScheduleConfig", "TextEncoderConfig", "UNet3DConfig", "VAEConfig", "from_dict", "preset",
-    "to_dict", "unet_layout",
+    "PRESETS",
+    "TEXT_ENCODER_PRESETS",
+    "UNET_PRESETS",
+    "VAE_PRESETS",
+    "ConfigError",
+    "Defaults",
+    "LayerSpec",
+    "ModelConfig",
+    "ScheduleConfig",
+    "TextEncoderConfig",
+    "UNet3DConfig",
+    "VAEConfig",
+    "from_dict",
+    "preset",
+    "to_dict",
+    "unet_layout",
 ]

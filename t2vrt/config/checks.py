@@ -46,10 +46,16 @@ def check_model_config(cfg: ModelConfig, where: str = "model config") -> ModelCo
     """ConfigError naming the first bad field; returns cfg unchanged when every value is sane."""
     u, t, v, s, d = cfg.unet, cfg.text_encoder, cfg.vae, cfg.schedule, cfg.defaults
     w = f"{where}.unet"
-    for name, val, hi in (("in_channels", u.in_channels, 64), ("out_channels", u.out_channels, 64),
-                          ("model_channels", u.model_channels, MAX_CHANNELS), ("num_res_blocks", u.num_res_blocks, MAX_BLOCKS),
-                          ("head_dim", u.head_dim, MAX_CHANNELS), ("num_heads", u.num_heads, 1024),
-                          ("context_dim", u.context_dim, MAX_CHANNELS), ("norm_groups", u.norm_groups, MAX_CHANNELS)):  # fmt: skip
+    for name, val, hi in (
+        ("in_channels", u.in_channels, 64),
+        ("out_channels", u.out_channels, 64),
+        ("model_channels", u.model_channels, MAX_CHANNELS),
+        ("num_res_blocks", u.num_res_blocks, MAX_BLOCKS),
+        ("head_dim", u.head_dim, MAX_CHANNELS),
+        ("num_heads", u.num_heads, 1024),
+        ("context_dim", u.context_dim, MAX_CHANNELS),
+        ("norm_groups", u.norm_groups, MAX_CHANNELS),
+    ):
         _int(f"{w}.{name}", val, 1, hi)
     _mult(f"{w}.channel_mult", u.channel_mult)
     chans = [u.model_channels * m for m in u.channel_mult]
@@ -61,16 +67,26 @@ def check_model_config(cfg: ModelConfig, where: str = "model config") -> ModelCo
     _divides(f"{w}.num_heads", u.num_heads, "model_channels", [u.model_channels])
 
     w = f"{where}.text_encoder"
-    for name, val, hi in (("vocab_size", t.vocab_size, 1 << 20), ("context_length", t.context_length, MAX_CONTEXT),
-                          ("width", t.width, MAX_CHANNELS), ("heads", t.heads, 1024), ("layers", t.layers, MAX_LAYERS)):  # fmt: skip
+    for name, val, hi in (
+        ("vocab_size", t.vocab_size, 1 << 20),
+        ("context_length", t.context_length, MAX_CONTEXT),
+        ("width", t.width, MAX_CHANNELS),
+        ("heads", t.heads, 1024),
+        ("layers", t.layers, MAX_LAYERS),
+    ):
         _int(f"{w}.{name}", val, 1, hi)
     _int(f"{w}.layers_used", t.layers_used, 1, t.layers)
     _divides(f"{w}.heads", t.heads, "width", [t.width])
 
     w = f"{where}.vae"
-    for name, val, lo, hi in (("ch", v.ch, 1, MAX_CHANNELS), ("num_res_blocks", v.num_res_blocks, 0, MAX_BLOCKS),
-                              ("z_channels", v.z_channels, 1, 64), ("embed_dim", v.embed_dim, 1, 64),
-                              ("out_ch", v.out_ch, 1, 16), ("norm_groups", v.norm_groups, 1, MAX_CHANNELS)):  # fmt: skip
+    for name, val, lo, hi in (
+        ("ch", v.ch, 1, MAX_CHANNELS),
+        ("num_res_blocks", v.num_res_blocks, 0, MAX_BLOCKS),
+        ("z_channels", v.z_channels, 1, 64),
+        ("embed_dim", v.embed_dim, 1, 64),
+        ("out_ch", v.out_ch, 1, 16),
+        ("norm_groups", v.norm_groups, 1, MAX_CHANNELS),
+    ):
         _int(f"{w}.{name}", val, lo, hi)
     _mult(f"{w}.ch_mult", v.ch_mult)
     _int(f"{w} widest level (ch x ch_mult)", v.ch * max(v.ch_mult), 1, MAX_CHANNELS)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from t2vrt.config import LayerSpec, TextEncoderConfig, UNet3DConfig, VAEConfig, unet_layout
 
+
 @dataclass
 class _Walk:
     """Running totals of one component walk: parameters, elements held across blocks, and the peak seen."""

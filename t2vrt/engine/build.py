@@ -84,7 +84,9 @@ def current_target(trt_version: str | None = None) -> tuple[store.Target, cuda.G
         trt_version = str(import_tensorrt().__version__)
     found = cuda.probe()
     if isinstance(found, str):
-        raise T2VError(f"TensorRT engines are built on the NVIDIA GPU they run on, and this machine has none usable: {found}")
+        raise T2VError(
+            f"TensorRT engines are built on the NVIDIA GPU they run on, and this machine has none usable: {found}"
+        )
     return store.Target(found.name, found.compute_capability, trt_version, found.memory_gib), found
 
 
@@ -100,12 +102,18 @@ def trt_factory(what: str, make: Callable[[], T]) -> T:
         import tensorrt as trt
 
         why = cuda.probe()
-        cause = why if isinstance(why, str) else (
-            f"CUDA works for cuda-python on {why.name}, so this TensorRT build likely wants another CUDA major than "
-            "the driver offers (tensorrt-cu13 needs an R580+ driver; use the CUDA 12 stack on older drivers: "
-            f"{cuda.CU12_STACK})"
-        )  # fmt: skip
-        raise T2VError(f"TensorRT {trt.__version__} could not create its {what} (no CUDA driver it can use): {cause}") from None
+        cause = (
+            why
+            if isinstance(why, str)
+            else (
+                f"CUDA works for cuda-python on {why.name}, so this TensorRT build likely wants another CUDA major than "
+                "the driver offers (tensorrt-cu13 needs an R580+ driver; use the CUDA 12 stack on older drivers: "
+                f"{cuda.CU12_STACK})"
+            )
+        )
+        raise T2VError(
+            f"TensorRT {trt.__version__} could not create its {what} (no CUDA driver it can use): {cause}"
+        ) from None
 
 
 def set_streaming_budget(engine: trt.ICudaEngine, budget: int, component: str) -> None:
@@ -123,7 +131,9 @@ def stream_budget_for(ep: EnginePlan, streamable: int) -> int:
     """weight_streaming_budget_v2 for the plan's resident bytes of this engine, now that TensorRT has said how much
     of it can stream (the planner's rule: only streamable bytes count)."""
     if streamable <= 0:
-        raise T2VError(f"the {ep.component} engine was built for weight streaming but TensorRT reports no streamable weights")
+        raise T2VError(
+            f"the {ep.component} engine was built for weight streaming but TensorRT reports no streamable weights"
+        )
     return streaming_budget(ep.resident_weight_bytes, ep.weight_bytes, streamable)
 
 
@@ -237,7 +247,9 @@ class Built:
 def _arrangement(p: Plan) -> tuple[object, ...]:
     """What a re-plan may change: residency, guidance batch, VAE chunk, and each engine's shapes, streaming and share
     of its weights on the card."""
-    engines = tuple((e.component, sorted(e.dims_max.items()), e.weight_streaming, e.resident_weight_bytes) for e in p.engines)
+    engines = tuple(
+        (e.component, sorted(e.dims_max.items()), e.weight_streaming, e.resident_weight_bytes) for e in p.engines
+    )
     return p.residency, p.guidance_batch, p.vae_chunk, engines
 
 
@@ -254,7 +266,9 @@ def _build_engines(
         src = comp.file("fp16")
         profile = ep.profile(comp.io)
         wkey = store.weights_key(src)
-        stem = store.engine_stem(ep.component, ep.dims_min, ep.dims_max, profile, src.sha256, ep.weight_streaming, OPT_LEVEL, wkey)
+        stem = store.engine_stem(
+            ep.component, ep.dims_min, ep.dims_max, profile, src.sha256, ep.weight_streaming, OPT_LEVEL, wkey
+        )
         path = tdir / f"{stem}.plan"
         meta = store.read_json(path.with_suffix(".json")) if path.is_file() else None
         jobs.append((ep, src, profile, wkey, path, meta))
@@ -268,24 +282,40 @@ def _build_engines(
     raw: dict[str, dict[str, int]] = {}
     for ep, src, profile, wkey, path, meta in jobs:
         if meta is None:
-            echo(f"{ep.component}: building {path.name} (workspace {plan.workspace >> 20} MiB"
-                 f"{', weight streaming' if ep.weight_streaming else ''})")  # fmt: skip
+            echo(
+                f"{ep.component}: building {path.name} (workspace {plan.workspace >> 20} MiB"
+                f"{', weight streaming' if ep.weight_streaming else ''})"
+            )
             t0 = time.perf_counter()
-            data = build_engine(src.path, ep, profile, plan.workspace, store.target_dir(manifest.bundle, target) / TIMING_CACHE, echo)
+            data = build_engine(
+                src.path, ep, profile, plan.workspace, store.target_dir(manifest.bundle, target) / TIMING_CACHE, echo
+            )
             meta = {
-                "component": ep.component, "target": target.to_json(), "onnx_sha256": src.sha256, "weights_key": wkey,
-                "dims_min": ep.dims_min, "dims_opt": ep.dims_opt, "dims_max": ep.dims_max,
+                "component": ep.component,
+                "target": target.to_json(),
+                "onnx_sha256": src.sha256,
+                "weights_key": wkey,
+                "dims_min": ep.dims_min,
+                "dims_opt": ep.dims_opt,
+                "dims_max": ep.dims_max,
                 "profile": {k: [list(s) for s in v] for k, v in profile.items()},
-                "weight_streaming": ep.weight_streaming, "opt_level": OPT_LEVEL, "workspace": plan.workspace,
-                "build_seconds": round(time.perf_counter() - t0, 1), **measure(data, ep),
-            }  # fmt: skip
+                "weight_streaming": ep.weight_streaming,
+                "opt_level": OPT_LEVEL,
+                "workspace": plan.workspace,
+                "build_seconds": round(time.perf_counter() - t0, 1),
+                **measure(data, ep),
+            }
             store.write_engine(path, data, meta)
             del data
-            echo(f"{ep.component}: {path.stat().st_size >> 20} MiB engine, device memory {int(meta['device_memory']) >> 20} MiB "
-                 f"(planned {ep.activation_bytes >> 20} MiB) in {meta['build_seconds']} s")  # fmt: skip
+            echo(
+                f"{ep.component}: {path.stat().st_size >> 20} MiB engine, device memory {int(meta['device_memory']) >> 20} MiB "
+                f"(planned {ep.activation_bytes >> 20} MiB) in {meta['build_seconds']} s"
+            )
         else:
             echo(f"{ep.component}: reusing {path.name}")
-            if ep.weight_streaming and meta.get("weight_streaming_budget") != stream_budget_for(ep, int(meta.get("streamable_weights", 0))):
+            if ep.weight_streaming and meta.get("weight_streaming_budget") != stream_budget_for(
+                ep, int(meta.get("streamable_weights", 0))
+            ):
                 meta = {**meta, **measure(path.read_bytes(), ep)}  # this plan keeps another share of it on the card
                 write_json_atomic(path.with_suffix(".json"), meta)
         files[ep.component] = path
@@ -295,7 +325,9 @@ def _build_engines(
     return files, measured, raw
 
 
-def build(manifest: Manifest, plan: Plan, target: store.Target, echo: Echo = print, facts: Facts | None = None) -> Built:
+def build(
+    manifest: Manifest, plan: Plan, target: store.Target, echo: Echo = print, facts: Facts | None = None
+) -> Built:
     """Build (or reuse) the plan's engines for `target` and write plan.json. When what TensorRT measured does not fit
     the budget: with `facts` (what the plan was made from), re-plan with the measurements and build that, at most
     MAX_PLANS plans in all; without, or when nothing fits, a T2VError naming the stage and what would fit."""
@@ -306,11 +338,16 @@ def build(manifest: Manifest, plan: Plan, target: store.Target, echo: Echo = pri
         real = plan.with_measured(measured)
         over = real.overrun()
         if over is None:
-            store.write_plan(manifest.bundle, target, {
-                "target": target.to_json(), "plan": real.to_json(),
-                "measured": raw,
-                "engine_files": {c: p.name for c, p in files.items()},
-            })  # fmt: skip
+            store.write_plan(
+                manifest.bundle,
+                target,
+                {
+                    "target": target.to_json(),
+                    "plan": real.to_json(),
+                    "measured": raw,
+                    "engine_files": {c: p.name for c, p in files.items()},
+                },
+            )
             return Built(real, files)
         problem = f"the engines as built do not fit the card: as TensorRT measured them, {over}"
         if facts is None or attempt == MAX_PLANS:

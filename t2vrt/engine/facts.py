@@ -49,7 +49,9 @@ def bundle_facts(bundle: Path, calibrate: Request | None = None, target: store.T
     """A bundle's facts; activations calibrated by ONNX liveness at `calibrate`; measured memory from `target`'s engines."""
     m = load_manifest(bundle)
     if "fp16" not in m.precisions:
-        raise UsageError(f"bundle {bundle} has no fp16 ONNX: re-export it with --precision fp16 to plan TensorRT engines")
+        raise UsageError(
+            f"bundle {bundle} has no fp16 ONNX: re-export it with --precision fp16 to plan TensorRT engines"
+        )
     downscale = m.model.vae.downscale
     at = None
     if calibrate is not None:
@@ -70,6 +72,7 @@ def bundle_facts(bundle: Path, calibrate: Request | None = None, target: store.T
 
 def request_from(facts: Facts, frames: int | None, height: int | None, width: int | None, dynamic: bool) -> Request:
     d = facts.defaults
+
     def pick(given: int | None, default: int) -> int:
         return default if given is None else given  # 0 is a value to refuse, not "unset"
 
@@ -118,6 +121,9 @@ def card_memory(text: str | None, gpu: GpuInfo | None = None) -> Memory:
         return Memory(gpu.free_bytes, True, f"free memory on {where}")
     vram = parse_bytes(text)
     if gpu is not None and vram - CONTEXT_RESERVE > gpu.free_bytes:
-        return Memory(gpu.free_bytes, True, f"--vram {fmt(vram)} is more than the {fmt(gpu.free_bytes)} free on {where}: "
-                                            "planned for the free memory")  # fmt: skip
+        return Memory(
+            gpu.free_bytes,
+            True,
+            f"--vram {fmt(vram)} is more than the {fmt(gpu.free_bytes)} free on {where}: planned for the free memory",
+        )
     return Memory(vram, False, f"--vram {fmt(vram)}: the card's size, less {fmt(CONTEXT_RESERVE)} for the CUDA context")

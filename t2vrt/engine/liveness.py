@@ -61,7 +61,7 @@ def _with_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, .
 
         inferred: onnx.ModelProto = SymbolicShapeInference.infer_shapes(m, auto_merge=True)
         return inferred
-    except Exception:  # noqa: BLE001 - any failure there: fall back to onnx's own (unresolved tensors are reported)
+    except Exception:
         return shape_inference.infer_shapes(m, data_prop=True)
 
 
@@ -79,7 +79,9 @@ def _nbytes(vi: onnx.ValueInfoProto) -> int | None:
     return n * helper.tensor_dtype_to_np_dtype(tt.elem_type).itemsize
 
 
-def _attention_scores(nodes: list[onnx.NodeProto], producer: dict[str, int], consumers: dict[str, list[int]]) -> set[str]:
+def _attention_scores(
+    nodes: list[onnx.NodeProto], producer: dict[str, int], consumers: dict[str, list[int]]
+) -> set[str]:
     """Tensors inside MatMul -> chain -> Softmax -> chain -> MatMul: what a fused attention kernel never writes."""
     hidden: set[str] = set()
     for node in nodes:
@@ -104,7 +106,9 @@ def _attention_scores(nodes: list[onnx.NodeProto], producer: dict[str, int], con
     return hidden
 
 
-def liveness(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]], fused_attention: bool = True) -> Liveness:
+def liveness(
+    model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]], fused_attention: bool = True
+) -> Liveness:
     """Peak live intermediate bytes of `model` run at `input_shapes` (see the module docstring for what counts)."""
     m = _with_input_shapes(model, input_shapes)
     g = m.graph

@@ -63,7 +63,16 @@ def parse_bytes(text: str) -> int:
     if not m:
         raise UsageError(f"--vram {text!r}: expected a size like 6GiB, 8GB or 6144MiB")
     unit = (m.group(2) or "GiB").upper().rstrip("B")
-    scale = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "KI": 1 << 10, "MI": 1 << 20, "GI": 1 << 30, "TI": 1 << 40}
+    scale = {
+        "K": 10**3,
+        "M": 10**6,
+        "G": 10**9,
+        "T": 10**12,
+        "KI": 1 << 10,
+        "MI": 1 << 20,
+        "GI": 1 << 30,
+        "TI": 1 << 40,
+    }
     value = int(float(m.group(1)) * scale[unit])
     if value <= 0:
         raise UsageError(f"--vram {text!r} must be positive")
@@ -129,7 +138,9 @@ class EnginePlan:
 
     def profile(self, io: IOSpec) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
         """TensorRT optimisation profile: input name -> (min, opt, max) shapes, derived from the io spec."""
-        return {t.name: (t.resolve(self.dims_min), t.resolve(self.dims_opt), t.resolve(self.dims_max)) for t in io.inputs}
+        return {
+            t.name: (t.resolve(self.dims_min), t.resolve(self.dims_opt), t.resolve(self.dims_max)) for t in io.inputs
+        }
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -149,10 +160,17 @@ class EnginePlan:
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> EnginePlan:
         return cls(
-            str(d["component"]), dict(d["dims_min"]), dict(d["dims_opt"]), dict(d["dims_max"]), int(d["weight_bytes"]),
-            int(d["resident_weight_bytes"]), int(d["activation_bytes"]), str(d["activation_source"]), int(d["io_bytes"]),
+            str(d["component"]),
+            dict(d["dims_min"]),
+            dict(d["dims_opt"]),
+            dict(d["dims_max"]),
+            int(d["weight_bytes"]),
+            int(d["resident_weight_bytes"]),
+            int(d["activation_bytes"]),
+            str(d["activation_source"]),
+            int(d["io_bytes"]),
             int(d.get("streamable_bytes", 0)),
-        )  # fmt: skip
+        )
 
 
 @dataclass(frozen=True)
@@ -166,7 +184,9 @@ class Plan:
     workspace: int
     engines: tuple[EnginePlan, ...]
     reasons: tuple[str, ...]
-    free: bool = False  # vram is measured free memory (this process's CUDA context already out of it), not the card's size
+    free: bool = (
+        False  # vram is measured free memory (this process's CUDA context already out of it), not the card's size
+    )
     build_note: str = ""  # why `t2vrt build` would not fit this budget, and what would; "" when it fits
 
     def engine(self, component: str) -> EnginePlan:
@@ -181,10 +201,13 @@ class Plan:
             est = max((e.activation_bytes for e in self.engines if not e.measured), default=None)
             return {e.component: (fixed, meas, est) for e in self.engines}
         return {
-            e.component: (e.resident_weight_bytes + e.io_bytes + RUNTIME_RESERVE, e.activation_bytes if e.measured else 0,
-                          None if e.measured else e.activation_bytes)
+            e.component: (
+                e.resident_weight_bytes + e.io_bytes + RUNTIME_RESERVE,
+                e.activation_bytes if e.measured else 0,
+                None if e.measured else e.activation_bytes,
+            )
             for e in self.engines
-        }  # fmt: skip
+        }
 
     def stage_bytes(self) -> dict[str, int]:
         """Peak device bytes while each stage runs (all resident: the same total for all three)."""
@@ -214,8 +237,16 @@ class Plan:
             w = e.weight_bytes if m.weights is None else m.weights
             # streaming: on the card are the weights TensorRT cannot stream plus the budget it was measured at
             resident = w - m.streamable + m.stream_budget if e.weight_streaming and m.streamable else w
-            engines.append(replace(e, weight_bytes=w, resident_weight_bytes=resident, activation_bytes=m.device_memory,
-                                   activation_source="measured", streamable_bytes=m.streamable))  # fmt: skip
+            engines.append(
+                replace(
+                    e,
+                    weight_bytes=w,
+                    resident_weight_bytes=resident,
+                    activation_bytes=m.device_memory,
+                    activation_source="measured",
+                    streamable_bytes=m.streamable,
+                )
+            )
         return replace(self, engines=tuple(engines))
 
     def overrun(self) -> str | None:
@@ -225,12 +256,16 @@ class Plan:
             return None
         if self.residency == "resident":
             big = max(self.engines, key=lambda e: e.device_bytes(self.workspace))
-            what = (f"all engines resident need {fmt(self.peak)} (weights {fmt(sum(e.resident_weight_bytes for e in self.engines))} "
-                    f"on the card + the {big.component} engine's device memory {fmt(big.device_bytes(self.workspace))}")
+            what = (
+                f"all engines resident need {fmt(self.peak)} (weights {fmt(sum(e.resident_weight_bytes for e in self.engines))} "
+                f"on the card + the {big.component} engine's device memory {fmt(big.device_bytes(self.workspace))}"
+            )
         else:
             e = max(self.engines, key=lambda e: stages[e.component])
-            what = (f"the {e.component} stage needs {fmt(stages[e.component])} (weights {fmt(e.resident_weight_bytes)} on the "
-                    f"card + device memory {fmt(e.device_bytes(self.workspace))}")
+            what = (
+                f"the {e.component} stage needs {fmt(stages[e.component])} (weights {fmt(e.resident_weight_bytes)} on the "
+                f"card + device memory {fmt(e.device_bytes(self.workspace))}"
+            )
         return f"{what} + I/O and runtime), which does not fit the {fmt(self.budget)} budget ({self._budget_text()})"
 
     def _budget_text(self) -> str:
@@ -248,12 +283,17 @@ class Plan:
                 f"{e.component:<13}{fmt(e.weight_bytes):>12}{fmt(e.resident_weight_bytes):>12}"
                 f"{fmt(e.activation_bytes):>13}{ws:>11}{fmt(e.io_bytes):>10}{fmt(stages[e.component]):>12}"
             )
-        rows.append(f"stage peaks include {fmt(RUNTIME_RESERVE)} for the TensorRT runtime (kernels, contexts, CUDA graphs); "
-                    "a measured activation figure already holds the workspace")  # fmt: skip
+        rows.append(
+            f"stage peaks include {fmt(RUNTIME_RESERVE)} for the TensorRT runtime (kernels, contexts, CUDA graphs); "
+            "a measured activation figure already holds the workspace"
+        )
         rows.append(f"peak {fmt(self.peak)} of budget {fmt(self.budget)} ({self._budget_text()})")
         worst = max(self.engines, key=lambda e: e.build_bytes)
-        rows.append(self.build_note or f"build: fits (the {worst.component} engine needs about {fmt(worst.build_bytes)} "
-                                        "while TensorRT builds it)")  # fmt: skip
+        rows.append(
+            self.build_note
+            or f"build: fits (the {worst.component} engine needs about {fmt(worst.build_bytes)} "
+            "while TensorRT builds it)"
+        )
         return "\n".join(rows)
 
     def summary(self) -> str:
@@ -265,32 +305,56 @@ class Plan:
         ]
         unet = self.engine("unet")
         if unet.weight_streaming:
-            lines.append(f"weight streaming: {fmt(unet.resident_weight_bytes)} of the UNet's {fmt(unet.weight_bytes)} on the card")
+            lines.append(
+                f"weight streaming: {fmt(unet.resident_weight_bytes)} of the UNet's {fmt(unet.weight_bytes)} on the card"
+            )
         lines += [f"- {why}" for why in self.reasons]
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
         r = self.request
         return {
-            "vram": self.vram, "free": self.free, "budget": self.budget, "margin": MARGIN,
-            "context_reserve": self.context_reserve, "runtime_reserve": RUNTIME_RESERVE, "builder_reserve": BUILDER_RESERVE,
-            "request": {"frames": r.frames, "height": r.height, "width": r.width, "dynamic": r.dynamic,
-                        "unguided": r.unguided},
-            "residency": self.residency, "guidance_batch": self.guidance_batch, "vae_chunk": self.vae_chunk,
-            "workspace": self.workspace, "engines": [e.to_json() for e in self.engines], "reasons": list(self.reasons),
-            "peak": self.peak, "build_peak": self.build_peak, "build_note": self.build_note,
-        }  # fmt: skip
+            "vram": self.vram,
+            "free": self.free,
+            "budget": self.budget,
+            "margin": MARGIN,
+            "context_reserve": self.context_reserve,
+            "runtime_reserve": RUNTIME_RESERVE,
+            "builder_reserve": BUILDER_RESERVE,
+            "request": {
+                "frames": r.frames,
+                "height": r.height,
+                "width": r.width,
+                "dynamic": r.dynamic,
+                "unguided": r.unguided,
+            },
+            "residency": self.residency,
+            "guidance_batch": self.guidance_batch,
+            "vae_chunk": self.vae_chunk,
+            "workspace": self.workspace,
+            "engines": [e.to_json() for e in self.engines],
+            "reasons": list(self.reasons),
+            "peak": self.peak,
+            "build_peak": self.build_peak,
+            "build_note": self.build_note,
+        }
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Plan:
         r = d["request"]
         return cls(
-            int(d["vram"]), int(d["budget"]),
+            int(d["vram"]),
+            int(d["budget"]),
             Request(int(r["frames"]), int(r["height"]), int(r["width"]), bool(r["dynamic"]), bool(r.get("unguided"))),
-            str(d["residency"]), int(d["guidance_batch"]), int(d["vae_chunk"]), int(d["workspace"]),
-            tuple(EnginePlan.from_json(e) for e in d["engines"]), tuple(d.get("reasons", ())), bool(d.get("free", False)),
+            str(d["residency"]),
+            int(d["guidance_batch"]),
+            int(d["vae_chunk"]),
+            int(d["workspace"]),
+            tuple(EnginePlan.from_json(e) for e in d["engines"]),
+            tuple(d.get("reasons", ())),
+            bool(d.get("free", False)),
             str(d.get("build_note", "")),
-        )  # fmt: skip
+        )
 
 
 def _dims(component: str, req: Request, g: int, chunk: int, downscale: int) -> tuple[dict[str, int], ...]:
@@ -298,7 +362,11 @@ def _dims(component: str, req: Request, g: int, chunk: int, downscale: int) -> t
     if component == "text_encoder":
         return {"text_batch": 1}, {"text_batch": 2}, {"text_batch": 2}
     if component in ("vae_decoder", "vae_encoder"):  # frames as a batch of images, chunked alike
-        lo = {"vae_batch": 1, "latent_height": min(8, lh) if req.dynamic else lh, "latent_width": min(8, lw) if req.dynamic else lw}
+        lo = {
+            "vae_batch": 1,
+            "latent_height": min(8, lh) if req.dynamic else lh,
+            "latent_width": min(8, lw) if req.dynamic else lw,
+        }
         hi = {"vae_batch": chunk, "latent_height": lh, "latent_width": lw}
         return lo, hi, hi
     hi = {"batch": g, "frames": req.frames, "latent_height": lh, "latent_width": lw}
@@ -349,8 +417,11 @@ def _streamed(p: Plan) -> Plan | None:
     """`p` with as much of the UNet's weights on the card as its stage leaves room for, the rest streamed; None when
     that is less than MIN_STREAM_BUDGET or than the weights TensorRT cannot stream."""
     unet = p.engine("unet")
-    bare = replace(p, workspace=MIN_WORKSPACE,
-                   engines=tuple(replace(e, resident_weight_bytes=0) if e is unet else e for e in p.engines))  # fmt: skip
+    bare = replace(
+        p,
+        workspace=MIN_WORKSPACE,
+        engines=tuple(replace(e, resident_weight_bytes=0) if e is unet else e for e in p.engines),
+    )
     keep = min(unet.weight_bytes, p.budget - bare.stage_bytes()["unet"])
     fixed = unet.weight_bytes - unet.streamable_bytes if unet.streamable_bytes else 0
     if keep < max(MIN_STREAM_BUDGET, fixed):
@@ -359,9 +430,16 @@ def _streamed(p: Plan) -> Plan | None:
 
 
 def _fit(
-    io: Mapping[str, IOSpec], sizes: Sizes, req: Request, vram: int, free: bool, residency: str, g: int, downscale: int,
+    io: Mapping[str, IOSpec],
+    sizes: Sizes,
+    req: Request,
+    vram: int,
+    free: bool,
+    residency: str,
+    g: int,
+    downscale: int,
     stream: bool,
-) -> Plan | None:  # fmt: skip
+) -> Plan | None:
     budget = vram if free else vram - CONTEXT_RESERVE
     for chunk in range(min(req.frames, MAX_VAE_CHUNK), 0, -1):
         engines = tuple(_engine(c, io[c], sizes, req, g, chunk, downscale, stream and c == "unet") for c in io)
@@ -374,12 +452,24 @@ def _fit(
     return None
 
 
-_ORDER = (("resident", 2, False), ("sequential", 2, False), ("resident", 1, False), ("sequential", 1, False),
-          ("sequential", 2, True), ("sequential", 1, True))  # fmt: skip
+_ORDER = (
+    ("resident", 2, False),
+    ("sequential", 2, False),
+    ("resident", 1, False),
+    ("sequential", 1, False),
+    ("sequential", 2, True),
+    ("sequential", 1, True),
+)
 
 
 def plan(
-    io: Mapping[str, IOSpec], sizes: Sizes, req: Request, vram: int, downscale: int = 8, multiple: int = 64, free: bool = False
+    io: Mapping[str, IOSpec],
+    sizes: Sizes,
+    req: Request,
+    vram: int,
+    downscale: int = 8,
+    multiple: int = 64,
+    free: bool = False,
 ) -> Plan:
     """The fastest way to run `req` within `vram` bytes (the card's size, or with free=True its measured free
     memory); UsageError saying what would fit when nothing does. The plan says when building will not fit."""
@@ -392,8 +482,10 @@ def plan(
     least = (0 if free else CONTEXT_RESERVE) + RUNTIME_RESERVE + MIN_WORKSPACE
     if vram < least:
         what = "" if free else f"the {fmt(CONTEXT_RESERVE)} CUDA context, "
-        raise UsageError(f"--vram {fmt(vram)} is below {what}the {fmt(RUNTIME_RESERVE)} TensorRT runtime reserve and the "
-                         f"{fmt(MIN_WORKSPACE)} minimum workspace: give at least {fmt(least)}")  # fmt: skip
+        raise UsageError(
+            f"--vram {fmt(vram)} is below {what}the {fmt(RUNTIME_RESERVE)} TensorRT runtime reserve and the "
+            f"{fmt(MIN_WORKSPACE)} minimum workspace: give at least {fmt(least)}"
+        )
     p = _choose(io, sizes, req, vram, free, downscale)
     if p is None:
         raise UsageError(_nothing_fits(io, sizes, req, vram, free, downscale, multiple))
@@ -418,13 +510,17 @@ def _choose(io: Mapping[str, IOSpec], sizes: Sizes, req: Request, vram: int, fre
         if tried:
             why.append(f"did not fit: {', '.join(tried)}")
         why.append(
-            "all engines resident: no per-generation loading" if residency == "resident"
+            "all engines resident: no per-generation loading"
+            if residency == "resident"
             else "engines loaded, run and freed one at a time: only one engine's weights on the card"
-        )  # fmt: skip
+        )
         why.append(
-            "one unguided batch-1 UNet call per step (few-step sampler)" if req.unguided
-            else "cond + uncond in one batch-2 UNet call" if g == 2 else "two batch-1 UNet calls: half the activations"
-        )  # fmt: skip
+            "one unguided batch-1 UNet call per step (few-step sampler)"
+            if req.unguided
+            else "cond + uncond in one batch-2 UNet call"
+            if g == 2
+            else "two batch-1 UNet calls: half the activations"
+        )
         if p.vae_chunk < min(req.frames, MAX_VAE_CHUNK):
             why.append(f"VAE decodes {p.vae_chunk} frames per call to fit")
         if stream:
@@ -464,7 +560,9 @@ def _least(fits: Callable[[int], bool], lo: int, hi: int) -> int | None:
 def _smaller(req: Request, multiple: int, ok: Callable[[Request], bool]) -> tuple[str | None, str | None]:
     """What would do at this card: the most frames at the requested size, and the largest size (keeping roughly the
     aspect ratio, in steps of `multiple`) at the requested frames."""
-    k = _least(lambda k: ok(Request(req.frames - k, req.height, req.width, req.dynamic, req.unguided)), 1, req.frames - 1)
+    k = _least(
+        lambda k: ok(Request(req.frames - k, req.height, req.width, req.dynamic, req.unguided)), 1, req.frames - 1
+    )
     frames = f"{req.frames - k} frames at {req.width}x{req.height}" if k is not None else None
     for k in range(1, 64):
         h = max(multiple, (req.height * (64 - k) // 64) // multiple * multiple)

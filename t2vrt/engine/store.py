@@ -51,7 +51,11 @@ class Target:
         return f"{self.gpu} (sm {self.compute_capability}{mem}) with TensorRT {self.tensorrt}"
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"gpu": self.gpu, "compute_capability": self.compute_capability, "tensorrt": self.tensorrt}
+        out: dict[str, Any] = {
+            "gpu": self.gpu,
+            "compute_capability": self.compute_capability,
+            "tensorrt": self.tensorrt,
+        }
         if self.memory_gib:
             out["memory_gib"] = self.memory_gib
         return out
@@ -75,9 +79,15 @@ def shape_tag(dims_min: Mapping[str, int], dims_max: Mapping[str, int]) -> str:
 
 
 def engine_stem(
-    component: str, dims_min: Mapping[str, int], dims_max: Mapping[str, int], profile: Profile, onnx_sha256: str,
-    weight_streaming: bool, opt_level: int, weights_key: str = "",
-) -> str:  # fmt: skip
+    component: str,
+    dims_min: Mapping[str, int],
+    dims_max: Mapping[str, int],
+    profile: Profile,
+    onnx_sha256: str,
+    weight_streaming: bool,
+    opt_level: int,
+    weights_key: str = "",
+) -> str:
     key = {
         "component": component,
         "profile": {k: [list(s) for s in v] for k, v in profile.items()},
@@ -189,20 +199,24 @@ def bundle_engine_summary(bundle: str | Path) -> list[dict[str, Any]]:
             if not (f.suffix == ".plan" or f.name.endswith(".tmp")):
                 continue
             meta = read_json(f.with_suffix(".json")) if f.suffix == ".plan" else None
-            rows.append({
-                "target": d.name,
-                "gpu": (meta or {}).get("target", {}).get("gpu"),
-                "compute_capability": (meta or {}).get("target", {}).get("compute_capability"),
-                "tensorrt": (meta or {}).get("target", {}).get("tensorrt"),
-                "memory_gib": (meta or {}).get("target", {}).get("memory_gib"),
-                "component": (meta or {}).get("component"),
-                "shapes": shape_tag((meta or {}).get("dims_min", {}), (meta or {}).get("dims_max", {})) if meta else None,
-                "weight_streaming": (meta or {}).get("weight_streaming"),
-                "device_memory": (meta or {}).get("device_memory"),
-                "path": str(f),
-                "bytes": f.stat().st_size,
-                "stale": _stale_reason(f, meta, listed, manifest),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "target": d.name,
+                    "gpu": (meta or {}).get("target", {}).get("gpu"),
+                    "compute_capability": (meta or {}).get("target", {}).get("compute_capability"),
+                    "tensorrt": (meta or {}).get("target", {}).get("tensorrt"),
+                    "memory_gib": (meta or {}).get("target", {}).get("memory_gib"),
+                    "component": (meta or {}).get("component"),
+                    "shapes": shape_tag((meta or {}).get("dims_min", {}), (meta or {}).get("dims_max", {}))
+                    if meta
+                    else None,
+                    "weight_streaming": (meta or {}).get("weight_streaming"),
+                    "device_memory": (meta or {}).get("device_memory"),
+                    "path": str(f),
+                    "bytes": f.stat().st_size,
+                    "stale": _stale_reason(f, meta, listed, manifest),
+                }
+            )
     return rows
 
 

@@ -143,10 +143,18 @@ def _execute(plan: ExportPlan, read: PartReader, tmp: Path, tok: TokenizerInfo, 
     components = {n: Component(n, c.io(cfg), files[n]) for n, c in COMPONENTS.items() if files[n]}
     source = SourceInfo(plan.source.layout, str(plan.source.root), plan.source_key, plan.source_files)
     return Manifest(
-        tmp, cfg, tuple(float(b) for b in _betas(cfg)), tok, components, source, opset=plan.options.opset,
-        fp16_gate=chain, versions=plan.versions, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        tmp,
+        cfg,
+        tuple(float(b) for b in _betas(cfg)),
+        tok,
+        components,
+        source,
+        opset=plan.options.opset,
+        fp16_gate=chain,
+        versions=plan.versions,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         lora=plan.lora.manifest_entry() if plan.lora is not None else None,
-    )  # fmt: skip
+    )
 
 
 def _load(plan: ExportPlan, read: PartReader, name: str, progress: Progress) -> nn.Module:
@@ -213,10 +221,17 @@ def _export_components(
             parity = gates.check_component(name, p, got, ref)
             size = path.stat().st_size + (data.stat().st_size if data else 0)
             files[name][p] = ComponentFile(
-                path, data, sha256_file(path), size, plan.keys[(name, p)], {**parity, "export_seconds": round(t_export, 2)},
+                path,
+                data,
+                sha256_file(path),
+                size,
+                plan.keys[(name, p)],
+                {**parity, "export_seconds": round(t_export, 2)},
                 data_sha256=sha256_file(data) if data is not None else "",
             )
-            progress(f"{name} {p}: {size / 2**20:.1f} MiB, rel L2 vs PyTorch fp32 {parity['rel_l2']:.2e} ({t_export:.1f} s)")
+            progress(
+                f"{name} {p}: {size / 2**20:.1f} MiB, rel L2 vs PyTorch fp32 {parity['rel_l2']:.2e} ({t_export:.1f} s)"
+            )
     if chain32 is None or chain_in is None:
         return None
 

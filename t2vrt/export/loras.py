@@ -34,8 +34,14 @@ class PlannedLora:
     lora: LoraFile
 
     def record(self) -> dict[str, Any]:
-        return {"name": self.spec.source, "file": self.lora.path.name, "sha256": self.lora.sha256,
-                "format": self.lora.format, "scale": self.spec.scale, "modules": len(self.lora.entries)}  # fmt: skip
+        return {
+            "name": self.spec.source,
+            "file": self.lora.path.name,
+            "sha256": self.lora.sha256,
+            "format": self.lora.format,
+            "scale": self.spec.scale,
+            "modules": len(self.lora.entries),
+        }
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,8 +57,11 @@ class LoraPlan:
         ]
 
     def manifest_entry(self) -> dict[str, Any]:
-        return {"loras": [p.record() for p in self.loras], "guidance_embedding": self.fold.to_json() if self.fold
-                else None, "few_step": self.few_step}  # fmt: skip
+        return {
+            "loras": [p.record() for p in self.loras],
+            "guidance_embedding": self.fold.to_json() if self.fold else None,
+            "few_step": self.few_step,
+        }
 
 
 def unet_shapes(cfg: ModelConfig, guidance: bool) -> dict[str, tuple[int, ...]]:
@@ -68,9 +77,12 @@ def unet_shapes(cfg: ModelConfig, guidance: bool) -> dict[str, tuple[int, ...]]:
 
 
 def plan_loras(
-    sources: tuple[str, ...], cfg: ModelConfig, few_step: str = "auto", guidance_w: float = DEFAULT_W,
+    sources: tuple[str, ...],
+    cfg: ModelConfig,
+    few_step: str = "auto",
+    guidance_w: float = DEFAULT_W,
     guidance_seed: int = DEFAULT_SEED,
-) -> LoraPlan:  # fmt: skip
+) -> LoraPlan:
     if few_step not in FEW_STEP:
         raise UsageError(f"--few-step must be one of {', '.join(FEW_STEP)}, got {few_step!r}")
     if not math.isfinite(guidance_w) or not 0.0 <= guidance_w <= 50.0:
@@ -116,7 +128,9 @@ def apply_loras(unet: Any, plan: LoraPlan, cfg: ModelConfig, progress: Callable[
         merged = {**state, **updated}
         updated.update(fold_guidance(merged, plan.fold.w))
         updated.pop(GUIDANCE_KEY, None)
-        progress(f"guidance embedding folded into time_embed.0.bias at w {plan.fold.w:g} (base seed {plan.fold.base_seed})")
+        progress(
+            f"guidance embedding folded into time_embed.0.bias at w {plan.fold.w:g} (base seed {plan.fold.base_seed})"
+        )
     with torch.no_grad():
         for key, value in updated.items():
             unet.get_parameter(key).data = value

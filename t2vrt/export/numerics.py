@@ -8,6 +8,7 @@ import numpy as np
 
 from t2vrt.iospec import IOSpec
 
+
 def sample_inputs(
     spec: IOSpec, dims: Mapping[str, int], seed: int = 0, vocab_size: int = 49408, num_timesteps: int = 1000
 ) -> dict[str, np.ndarray]:

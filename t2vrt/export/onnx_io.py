@@ -22,7 +22,9 @@ def module_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
 
 
-def trace_to_onnx(module: nn.Module, spec: IOSpec, inputs: dict[str, np.ndarray], path: Path, opset: int) -> Path | None:
+def trace_to_onnx(
+    module: nn.Module, spec: IOSpec, inputs: dict[str, np.ndarray], path: Path, opset: int
+) -> Path | None:
     """Export `module` (whose forward takes the spec's inputs in order) to `path`; returns the data file if external.
 
     The TorchScript exporter (dynamo=False) is used deliberately: it exports the full UNet in under a minute and keeps

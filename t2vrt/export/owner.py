@@ -27,8 +27,12 @@ def legacy_bundle(directory: Path) -> owned.Owned | None:
         raw = read_json(directory / "manifest.json", max_bytes=16 << 20)
     except UsageError:
         return None
-    if not (isinstance(raw, dict) and isinstance(raw.get("schema_version"), int) and isinstance(raw.get("model"), dict)
-            and isinstance(raw.get("components"), dict)):  # fmt: skip
+    if not (
+        isinstance(raw, dict)
+        and isinstance(raw.get("schema_version"), int)
+        and isinstance(raw.get("model"), dict)
+        and isinstance(raw.get("components"), dict)
+    ):
         return None
     files = {"manifest.json", "tokenizer.json"}
     for comp in raw["components"].values():

@@ -44,12 +44,19 @@ class ExportOptions:
         if self.precision not in PRECISION_CHOICES:
             raise UsageError(f"--precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}")
         if self.opset not in OPSETS:
-            raise UsageError(f"--opset must be {OPSETS.start}..{OPSETS.stop - 1} (17+ has native LayerNorm), got {self.opset}")
+            raise UsageError(
+                f"--opset must be {OPSETS.start}..{OPSETS.stop - 1} (17+ has native LayerNorm), got {self.opset}"
+            )
 
 
 def versions() -> dict[str, str]:
-    out = {"t2vrt": t2vrt.__version__, "python": platform.python_version(), "torch": torch.__version__,
-           "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}  # fmt: skip
+    out = {
+        "t2vrt": t2vrt.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
     try:  # optional: only the original layout's text encoder comes from open_clip
         import open_clip
 
@@ -125,12 +132,18 @@ def make_plan(
     lora_key = lora.key() if lora is not None and lora.loras else None  # LoRAs change the UNet graph only
     keys = {
         (name, p): key_of(
-            src_key, to_dict(c.config(cfg)), p, opts.opset, vers["t2vrt"], vers["torch"], vers["onnx"],
+            src_key,
+            to_dict(c.config(cfg)),
+            p,
+            opts.opset,
+            vers["t2vrt"],
+            vers["torch"],
+            vers["onnx"],
             *([lora_key] if name == "unet" and lora_key is not None else []),
         )
         for name, c in COMPONENTS.items()
         for p in PRECISION_CHOICES[opts.precision]
-    }  # fmt: skip
+    }
     old_components = (previous or {}).get("components", {})
     reuse = {}
     for (name, p), key in keys.items():

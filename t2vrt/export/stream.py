@@ -74,10 +74,17 @@ def export_streamed(module: nn.Module, spec: IOSpec, inputs: dict[str, np.ndarra
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         torch.onnx.export(
-            module, to_torch(inputs), str(path), input_names=spec.input_names, output_names=spec.output_names,
-            dynamic_axes=spec.dynamic_axes(), opset_version=opset, export_params=False, do_constant_folding=False,
+            module,
+            to_torch(inputs),
+            str(path),
+            input_names=spec.input_names,
+            output_names=spec.output_names,
+            dynamic_axes=spec.dynamic_axes(),
+            opset_version=opset,
+            export_params=False,
+            do_constant_folding=False,
             dynamo=False,
-        )  # fmt: skip
+        )
     model = onnx.load(str(path))
     graph = model.graph
     weights = {k: v for k, v in [*module.named_parameters(), *module.named_buffers()]}

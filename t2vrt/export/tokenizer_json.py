@@ -69,7 +69,9 @@ def build_tokenizer(bpe_path: str | os.PathLike[str] | None = None, context_leng
     )
     # Decoding (for people): "</w>" becomes the byte-level space symbol, then byte-level symbols become UTF-8.
     tok.decoder = decoders.Sequence([decoders.Replace("</w>", "\u0120"), decoders.ByteLevel()])
-    tok.add_special_tokens([AddedToken(SOT, special=True, normalized=False), AddedToken(EOT, special=True, normalized=False)])
+    tok.add_special_tokens(
+        [AddedToken(SOT, special=True, normalized=False), AddedToken(EOT, special=True, normalized=False)]
+    )
     tok.post_processor = processors.TemplateProcessing(
         single=f"{SOT} $A {EOT}", special_tokens=[(SOT, SOT_ID), (EOT, EOT_ID)]
     )

@@ -12,6 +12,13 @@ from t2vrt.lora.merge import MergeReport, merge_into_module, merge_loras
 from t2vrt.lora.spec import LoraSpec, parse_lora_spec
 
 __all__ = [
-    "LoraEntry", "LoraFile", "LoraSpec", "MergeReport", "merge_into_module", "merge_loras", "parse_lora_spec",
-    "read_lora", "resolve_lora",
+    "LoraEntry",
+    "LoraFile",
+    "LoraSpec",
+    "MergeReport",
+    "merge_into_module",
+    "merge_loras",
+    "parse_lora_spec",
+    "read_lora",
+    "resolve_lora",
 ]

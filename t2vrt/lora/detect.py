@@ -60,7 +60,9 @@ def _peft_scale(config: dict, where: Path) -> Callable[[str, int], float]:
         r = rank_pattern[rk] if rk is not None else r_default
         alpha = alpha_pattern[ak] if ak is not None else alpha_default
         if r != rank:
-            raise UsageError(f"{str(where)!r}: module {module!r} has rank {rank} in the weights but r {r} in the config")
+            raise UsageError(
+                f"{str(where)!r}: module {module!r} has rank {rank} in the weights but r {r} in the config"
+            )
         return alpha / (math.sqrt(r) if rslora else r)
 
     return scale

@@ -59,7 +59,7 @@ def _read_safetensors(path: Path) -> RawLora:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise UsageError(f"LoRA file {str(path)!r} is truncated or not safetensors: {_one_line(e)}") from None
     return RawLora(path, tensors, None, metadata)
@@ -85,7 +85,11 @@ def _read_torch(path: Path) -> RawLora:
         return RawLora(path, None, list(obj), {})
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
-    if isinstance(obj, dict) and obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+    if (
+        isinstance(obj, dict)
+        and obj
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    ):
         return RawLora(path, dict(obj), None, {})
     raise UsageError(
         f"LoRA file {str(path)!r} holds a {type(obj).__name__}, not a list or a {{name: tensor}} dict of tensors"

@@ -42,8 +42,13 @@ class GuidanceFold:
     )
 
     def to_json(self) -> dict[str, object]:
-        return {"mode": self.mode, "w": self.w, "base_seed": self.base_seed, "base_init": self.base_init,
-                "reason": self.reason}  # fmt: skip
+        return {
+            "mode": self.mode,
+            "w": self.w,
+            "base_seed": self.base_seed,
+            "base_init": self.base_init,
+            "reason": self.reason,
+        }
 
 
 def w_embedding(w: float, dim: int = GUIDANCE_EMBED_DIM) -> np.ndarray:

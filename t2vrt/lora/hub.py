@@ -60,10 +60,7 @@ def resolve_lora(spec: LoraSpec, list_files: ListFiles | None = None, download: 
             wanted += [config] if config in files else []
         else:
             prefix = f"{sub}/" if sub else ""
-            wanted = [
-                f for f in files
-                if f.startswith(prefix) and "/" not in f[len(prefix):] and f.endswith(_WANTED)
-            ]  # fmt: skip
+            wanted = [f for f in files if f.startswith(prefix) and "/" not in f[len(prefix) :] and f.endswith(_WANTED)]
             if not wanted:
                 where = f"folder {sub!r} of " if sub else ""
                 raise UsageError(f"the {where}hub repo {repo_id!r} has no LoRA file (.safetensors / .pt / .bin)")

@@ -104,8 +104,12 @@ def diffusers_module_order(cfg: UNet3DConfig, guidance: bool) -> list[str]:
 def _group(module: str) -> str:
     """The diffusers class a module sits under, for cloneofsimo's `target_replace_module` choices."""
     parts = module.split(".")
-    for tag, group in (("resnets", "ResnetBlock2D"), ("temp_convs", "TemporalConvLayer"),
-                       ("attentions", "Transformer2DModel"), ("temp_attentions", "TransformerTemporalModel")):  # fmt: skip
+    for tag, group in (
+        ("resnets", "ResnetBlock2D"),
+        ("temp_convs", "TemporalConvLayer"),
+        ("attentions", "Transformer2DModel"),
+        ("temp_attentions", "TransformerTemporalModel"),
+    ):
         if tag in parts:
             return group
     return "TransformerTemporalModel" if parts[0] == "transformer_in" else "UNet3DConditionModel"
@@ -117,8 +121,8 @@ LIST_GROUPS = ("ResnetBlock2D", "TemporalConvLayer", "Transformer2DModel", "Tran
 def list_order(cfg: UNet3DConfig, guidance: bool, groups: frozenset[str], linear_only: bool) -> list[str]:
     """The modules a cloneofsimo injector visits: all of the UNet ("UNet3DConditionModel" in groups), or those under
     the named classes; Linear only (`inject_trainable_lora`) or Linear + Conv (`..._extended`)."""
-    keep: Callable[[str], bool] = (lambda m: True) if "UNet3DConditionModel" in groups else (
-        lambda m: _group(m) in groups
+    keep: Callable[[str], bool] = (
+        (lambda m: True) if "UNet3DConditionModel" in groups else (lambda m: _group(m) in groups)
     )
     out = [m for m in diffusers_module_order(cfg, guidance) if keep(m)]
     return [m for m in out if not (linear_only and _is_conv(m))]

@@ -60,4 +60,3 @@ def read_list(
         LoraEntry(f"[{2 * i}], [{2 * i + 1}] ({m})", names.to_key[m], up, down, 1.0, "product")
         for i, ((up, down), m) in enumerate(zip(pairs, order))
     ]
-

@@ -85,8 +85,11 @@ def read_named(
         raise UsageError(f"LoRA file mixes key styles {sorted(families)}; expected one format")
     family = families.pop() if families else "diffusers"
     table = names.kohya if family == "kohya" else names.to_key
-    unknown = [parts.get("down", parts.get("up", next(iter(parts.values()))))[0]
-               for module, parts in groups.items() if module not in table]  # fmt: skip
+    unknown = [
+        parts.get("down", parts.get("up", next(iter(parts.values()))))[0]
+        for module, parts in groups.items()
+        if module not in table
+    ]
     if unknown:
         raise UsageError(
             f"LoRA key {unknown[0]!r} matches no module of this UNet ({len(unknown)} of {len(groups)} modules unknown"

@@ -50,8 +50,11 @@ def stable_fits(up: torch.Tensor, down: torch.Tensor, target: tuple[int, ...]) -
     if a.ndim != 2 or b.ndim != 2 or len(target) < 2 or (len(target) == 5 and target[3:] != (1, 1)):
         return False
     k = _stable_kernel(target)
-    return b.shape[0] == target[0] * k and a.shape[1] == target[1] * k and b.shape[1] == a.shape[0] and (
-        a.shape[0] % k == 0
+    return (
+        b.shape[0] == target[0] * k
+        and a.shape[1] == target[1] * k
+        and b.shape[1] == a.shape[0]
+        and (a.shape[0] % k == 0)
     )
 
 

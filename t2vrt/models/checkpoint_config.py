@@ -126,11 +126,15 @@ def vae_config_from_state(sd: Mapping[str, Tensor], base: VAEConfig) -> VAEConfi
 
 def _diffusers_config(source: Source):
     p = source.parts
-    unet = _guard("unet config", p["unet_config"], unet3d_keys.config_from_diffusers, read_json_object(p["unet_config"]))
+    unet = _guard(
+        "unet config", p["unet_config"], unet3d_keys.config_from_diffusers, read_json_object(p["unet_config"])
+    )
     text = _guard(
-        "text_encoder config", p["text_encoder_config"], text_encoder_keys.config_from_diffusers,
+        "text_encoder config",
+        p["text_encoder_config"],
+        text_encoder_keys.config_from_diffusers,
         read_json_object(p["text_encoder_config"]),
-    )  # fmt: skip
+    )
     vae = _guard("vae config", p["vae_config"], vae_keys.config_from_diffusers, read_json_object(p["vae_config"]))
     schedule = _scheduler(p["scheduler"]) if "scheduler" in p else ScheduleConfig()
     return unet, text, vae, schedule
@@ -146,7 +150,11 @@ def _scheduler(path: Path) -> ScheduleConfig:
         prediction_type=str(d.get("prediction_type", "epsilon")),
     )
     if s.beta_schedule != "scaled_linear" or d.get("trained_betas") is not None:
-        raise T2VError(f"{path}: beta_schedule {s.beta_schedule!r} / trained_betas are not supported (need scaled_linear)")
+        raise T2VError(
+            f"{path}: beta_schedule {s.beta_schedule!r} / trained_betas are not supported (need scaled_linear)"
+        )
     if s.prediction_type not in _MEAN_TYPES.values():
-        raise T2VError(f"{path}: prediction_type {s.prediction_type!r} is not supported ({', '.join(_MEAN_TYPES.values())})")
+        raise T2VError(
+            f"{path}: prediction_type {s.prediction_type!r} is not supported ({', '.join(_MEAN_TYPES.values())})"
+        )
     return s

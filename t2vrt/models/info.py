@@ -86,8 +86,7 @@ def format_description(d: dict[str, Any]) -> str:
         for f in d["files"]:
             path = Path(f["path"])
             name = path.relative_to(root) if path.is_relative_to(root) else path
-            lines.append(f"  {str(name):<48} {human_bytes(f['bytes']):>10}")
+            lines.append(f"  {name!s:<48} {human_bytes(f['bytes']):>10}")
     else:
         lines.append("files: none (built in memory from a fixed seed)")
     return "\n".join(lines)
-

@@ -257,8 +257,18 @@ def read_torch_zip_restricted(path: str | Path) -> Any:
             return _unpickle_archive(path, zf)
     except T2VError:
         raise
-    except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, OSError,
-            RuntimeError, AttributeError, IndexError) as e:
+    except (
+        zipfile.BadZipFile,
+        pickle.UnpicklingError,
+        EOFError,
+        KeyError,
+        ValueError,
+        TypeError,
+        OSError,
+        RuntimeError,
+        AttributeError,
+        IndexError,
+    ) as e:
         raise T2VError(f"cannot read torch file {str(path)!r} (corrupt or truncated?): {_one_line(e)}") from None
 
 

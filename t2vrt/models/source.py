@@ -142,8 +142,14 @@ def hub_files(repo_id: str, names: set[str]) -> list[str]:
                 if index in names:  # shards: stem-0000k-of-0000n[.fp16].ext
                     stem, ext = name.split(".", 1)[0], "." + name.rsplit(".", 1)[1]
                     fp16 = ".fp16" in name
-                    shards = [n for n in names if n.startswith(f"{part}/{stem}-") and "-of-" in n
-                              and n.endswith(ext) and (".fp16" in n) == fp16]  # fmt: skip
+                    shards = [
+                        n
+                        for n in names
+                        if n.startswith(f"{part}/{stem}-")
+                        and "-of-" in n
+                        and n.endswith(ext)
+                        and (".fp16" in n) == fp16
+                    ]
                     files += [index, *sorted(shards)]
                     break
         return files
@@ -157,13 +163,15 @@ def download(repo_id: str) -> Path:
     try:
         from huggingface_hub import HfApi, snapshot_download
     except ImportError:
-        raise T2VError(f"{repo_id!r} looks like a hub id, but huggingface_hub is not installed (pip install 't2vrt[export]')") from None
+        raise T2VError(
+            f"{repo_id!r} looks like a hub id, but huggingface_hub is not installed (pip install 't2vrt[export]')"
+        ) from None
     try:
         files = hub_files(repo_id, set(HfApi().list_repo_files(repo_id)))
         return Path(snapshot_download(repo_id, allow_patterns=files))
     except T2VError:
         raise
-    except Exception as e:  # noqa: BLE001 - network, auth and hub errors all become one line
+    except Exception as e:
         raise T2VError(
             f"MODEL {repo_id!r} is not a local directory, and downloading it from the hub failed: "
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"

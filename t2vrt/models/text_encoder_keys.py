@@ -11,9 +11,9 @@ from collections.abc import Mapping
 
 import torch
 
+from t2vrt.config.text import TextEncoderConfig
 from t2vrt.errors import UsageError
 from t2vrt.models.state_check import check_shapes
-from t2vrt.config.text import TextEncoderConfig
 
 Tensor = torch.Tensor
 _BLOCK = re.compile(r"^transformer\.resblocks\.(\d+)\.")
@@ -32,14 +32,22 @@ def expected_shapes(cfg: TextEncoderConfig) -> dict[str, tuple[int, ...]]:
     }
     for i in range(cfg.layers_used):
         p = f"transformer.resblocks.{i}."
-        out.update({
-            p + "ln_1.weight": (w,), p + "ln_1.bias": (w,),
-            p + "attn.in_proj_weight": (3 * w, w), p + "attn.in_proj_bias": (3 * w,),
-            p + "attn.out_proj.weight": (w, w), p + "attn.out_proj.bias": (w,),
-            p + "ln_2.weight": (w,), p + "ln_2.bias": (w,),
-            p + "mlp.c_fc.weight": (m, w), p + "mlp.c_fc.bias": (m,),
-            p + "mlp.c_proj.weight": (w, m), p + "mlp.c_proj.bias": (w,),
-        })  # fmt: skip
+        out.update(
+            {
+                p + "ln_1.weight": (w,),
+                p + "ln_1.bias": (w,),
+                p + "attn.in_proj_weight": (3 * w, w),
+                p + "attn.in_proj_bias": (3 * w,),
+                p + "attn.out_proj.weight": (w, w),
+                p + "attn.out_proj.bias": (w,),
+                p + "ln_2.weight": (w,),
+                p + "ln_2.bias": (w,),
+                p + "mlp.c_fc.weight": (m, w),
+                p + "mlp.c_fc.bias": (m,),
+                p + "mlp.c_proj.weight": (w, m),
+                p + "mlp.c_proj.bias": (w,),
+            }
+        )
     out["ln_final.weight"] = (w,)
     out["ln_final.bias"] = (w,)
     return out

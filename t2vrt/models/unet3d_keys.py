@@ -11,8 +11,8 @@ from collections.abc import Mapping
 
 import torch
 
-from t2vrt.errors import T2VError
 from t2vrt.config.unet import LayerSpec, UNet3DConfig, unet_layout
+from t2vrt.errors import T2VError
 
 WB = ("weight", "bias")
 _RES = (

@@ -175,9 +175,7 @@ class ResBlock(nn.Module):
             nn.Dropout(DROPOUT),
             nn.Conv2d(out_channels, out_channels, 3, padding=1),
         )
-        self.skip_connection = (
-            nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
-        )
+        self.skip_connection = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
         self.temopral_conv = TemporalConv(out_channels, groups)  # (sic): the checkpoint's spelling
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, frames: int) -> torch.Tensor:

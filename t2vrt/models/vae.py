@@ -8,7 +8,6 @@ from torch import nn
 
 from t2vrt.config.vae import VAEConfig
 
-
 _EPS = 1e-6  # every GroupNorm of the LDM autoencoder
 
 

@@ -11,9 +11,9 @@ from collections.abc import Mapping
 
 import torch
 
+from t2vrt.config.vae import VAEConfig
 from t2vrt.errors import UsageError
 from t2vrt.models.state_check import check_shapes
-from t2vrt.config.vae import VAEConfig
 
 Tensor = torch.Tensor
 _ENCODER_SIDE = ("encoder.", "quant_conv.")  # parts of a full autoencoder that decoding never reads
@@ -25,11 +25,15 @@ _MID_ATTN = "decoder.mid_block.attentions.0."
 
 def _resnet_shapes(prefix: str, cin: int, cout: int) -> dict[str, tuple[int, ...]]:
     out = {
-        prefix + "norm1.weight": (cin,), prefix + "norm1.bias": (cin,),
-        prefix + "conv1.weight": (cout, cin, 3, 3), prefix + "conv1.bias": (cout,),
-        prefix + "norm2.weight": (cout,), prefix + "norm2.bias": (cout,),
-        prefix + "conv2.weight": (cout, cout, 3, 3), prefix + "conv2.bias": (cout,),
-    }  # fmt: skip
+        prefix + "norm1.weight": (cin,),
+        prefix + "norm1.bias": (cin,),
+        prefix + "conv1.weight": (cout, cin, 3, 3),
+        prefix + "conv1.bias": (cout,),
+        prefix + "norm2.weight": (cout,),
+        prefix + "norm2.bias": (cout,),
+        prefix + "conv2.weight": (cout, cout, 3, 3),
+        prefix + "conv2.bias": (cout,),
+    }
     if cin != cout:
         out[prefix + "nin_shortcut.weight"] = (cout, cin, 1, 1)
         out[prefix + "nin_shortcut.bias"] = (cout,)

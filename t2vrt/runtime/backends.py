@@ -72,7 +72,9 @@ BACKENDS: dict[str, BackendDef] = {
 CHOICES: tuple[str, ...] = ("auto", "onnxruntime", *BACKENDS)
 
 
-def select_backend(manifest: Manifest, backend: str = "auto", options: BackendOptions | None = None) -> tuple[Backend, str]:
+def select_backend(
+    manifest: Manifest, backend: str = "auto", options: BackendOptions | None = None
+) -> tuple[Backend, str]:
     """Return the backend and a short note saying which was chosen and why."""
     o = options or BackendOptions()
     if backend not in CHOICES:

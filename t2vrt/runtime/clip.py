@@ -28,7 +28,9 @@ FITS = ("crop", "stretch")  # crop: keep the aspect ratio, cut the centre; stret
 MAX_SOURCE_PIXELS = 7680 * 4320  # one decoded frame (8K); larger is refused from the header
 MAX_FRAMES = 1024
 MAX_TOTAL_PIXELS = 1 << 30  # all chosen frames at the output size (3 GiB of uint8 RGB)
-ALLOWED = f"a video ({', '.join(VIDEO_EXTENSIONS)}), a {GIF}, an image ({', '.join(IMAGE_EXTENSIONS)}) or a folder of images"
+ALLOWED = (
+    f"a video ({', '.join(VIDEO_EXTENSIONS)}), a {GIF}, an image ({', '.join(IMAGE_EXTENSIONS)}) or a folder of images"
+)
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,10 @@ def _check_source_size(path: Path, w: int, h: int) -> None:
     if w < 1 or h < 1:
         raise UsageError(f"{path} has an empty frame size {w}x{h}")
     if w * h > MAX_SOURCE_PIXELS:
-        raise UsageError(f"{path} has {w}x{h} frames ({w * h / 1e6:.0f} Mpx); at most {MAX_SOURCE_PIXELS / 1e6:.0f} Mpx "
-                         "per frame are read: scale it down first")  # fmt: skip
+        raise UsageError(
+            f"{path} has {w}x{h} frames ({w * h / 1e6:.0f} Mpx); at most {MAX_SOURCE_PIXELS / 1e6:.0f} Mpx "
+            "per frame are read: scale it down first"
+        )
 
 
 def _open_image(path: Path) -> Any:
@@ -134,7 +138,11 @@ def _video_frames(path: Path, stop: int) -> tuple[Iterator[np.ndarray], tuple[in
 
 def _folder_images(path: Path) -> list[Path]:
     files = sorted(
-        (p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()),
+        (
+            p
+            for p in path.iterdir()
+            if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+        ),
         key=_natural_key,
     )
     if not files:
@@ -184,8 +192,10 @@ def _check_request(start_frame: int, num_frames: int | None, size: tuple[int, in
         if not (isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0):
             raise UsageError(f"size must be two positive integers (width, height), got {size!r}")
         if num_frames is not None and num_frames * w * h > MAX_TOTAL_PIXELS:
-            raise UsageError(f"{num_frames} frames of {w}x{h} is more than t2vrt reads at once "
-                             f"({MAX_TOTAL_PIXELS / 1e6:.0f} Mpx in all)")  # fmt: skip
+            raise UsageError(
+                f"{num_frames} frames of {w}x{h} is more than t2vrt reads at once "
+                f"({MAX_TOTAL_PIXELS / 1e6:.0f} Mpx in all)"
+            )
 
 
 def read_clip(
@@ -239,23 +249,29 @@ def read_clip(
         if seen <= skip:
             continue
         if size is None and frame.shape[1::-1] != tuple(src_size):
-            raise UsageError(f"{p}: frame {start_frame + len(frames)} is {frame.shape[1]}x{frame.shape[0]}, the first "
-                             f"is {src_size[0]}x{src_size[1]}; give a size to resize them all")  # fmt: skip
+            raise UsageError(
+                f"{p}: frame {start_frame + len(frames)} is {frame.shape[1]}x{frame.shape[0]}, the first "
+                f"is {src_size[0]}x{src_size[1]}; give a size to resize them all"
+            )
         frames.append(resize_frame(frame, out_size, fit))  # type: ignore[arg-type]
         if num_frames is not None and len(frames) == num_frames:
             break
         if len(frames) > MAX_FRAMES:
             raise UsageError(f"{p} has more than {MAX_FRAMES} frames from frame {start_frame}; choose fewer (--frames)")
         if len(frames) * out_size[0] * out_size[1] > MAX_TOTAL_PIXELS:
-            raise UsageError(f"{p}: {len(frames)} frames of {out_size[0]}x{out_size[1]} is more than t2vrt reads at "
-                             f"once ({MAX_TOTAL_PIXELS / 1e6:.0f} Mpx in all); choose fewer frames or a smaller size")  # fmt: skip
+            raise UsageError(
+                f"{p}: {len(frames)} frames of {out_size[0]}x{out_size[1]} is more than t2vrt reads at "
+                f"once ({MAX_TOTAL_PIXELS / 1e6:.0f} Mpx in all); choose fewer frames or a smaller size"
+            )
     if hasattr(source, "close"):
         source.close()  # stops ffmpeg when we took fewer frames than it would give
     if not frames:
         total = available if available >= 0 else seen
         raise UsageError(f"{p} has no frames from frame {start_frame} (it has {total})")
     if num_frames is not None and len(frames) < num_frames:
-        raise UsageError(f"{p} has only {len(frames)} frames from frame {start_frame}; {num_frames} are needed "
-                         "(choose fewer frames or an earlier start frame)")  # fmt: skip
+        raise UsageError(
+            f"{p} has only {len(frames)} frames from frame {start_frame}; {num_frames} are needed "
+            "(choose fewer frames or an earlier start frame)"
+        )
     metadata = read_metadata(p) if suffix in VIDEO_EXTENSIONS + (GIF,) else None
     return Clip(np.stack(frames), fps, (int(src_size[0]), int(src_size[1])), metadata)

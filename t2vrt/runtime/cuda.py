@@ -63,7 +63,7 @@ def error_name(rt: Any, err: Any) -> str:
         status, name = rt.cudaGetErrorName(err)
         if int(status) == SUCCESS:
             return name.decode() if isinstance(name, bytes) else str(name)
-    except Exception:  # noqa: BLE001 - naming an error must never raise a second one
+    except Exception:
         pass
     return f"cudaError {int(err)}"
 
@@ -103,9 +103,15 @@ def driver_problem(rt: Any, code: int) -> str:
         driver = 0
     need = MIN_DRIVER.get(_major(runtime), f"one for CUDA {_fmt(runtime)}")
     have = f"the installed driver supports CUDA {_fmt(driver)}" if driver else "no NVIDIA driver is loaded"
-    other = f"; or use the CUDA 12 stack: {CU12_STACK}" if _major(runtime) >= 13 and (not driver or _major(driver) == 12) else ""
-    return (f"{name}: cuda-python uses the CUDA {_fmt(runtime)} runtime, which needs an NVIDIA driver {need} or newer, "
-            f"and {have}: install a newer driver{other}")  # fmt: skip
+    other = (
+        f"; or use the CUDA 12 stack: {CU12_STACK}"
+        if _major(runtime) >= 13 and (not driver or _major(driver) == 12)
+        else ""
+    )
+    return (
+        f"{name}: cuda-python uses the CUDA {_fmt(runtime)} runtime, which needs an NVIDIA driver {need} or newer, "
+        f"and {have}: install a newer driver{other}"
+    )
 
 
 @dataclass(frozen=True)
@@ -140,11 +146,13 @@ def probe(index: int = 0) -> GpuInfo | str:
         bus = check(rt, rt.cudaDeviceGetPCIBusId(32, index), "cudaDeviceGetPCIBusId")
     except CudaError as e:
         return str(e)
-    except Exception as e:  # noqa: BLE001 - a broken install: say what it raised, in one line
+    except Exception as e:
         return f"cuda-python failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
     bus_id = bus.decode(errors="replace") if isinstance(bus, bytes) else str(bus)
-    return GpuInfo(name.strip("\x00 "), f"{props.major}.{props.minor}", int(total), int(free), bus_id.strip("\x00 "), index)
+    return GpuInfo(
+        name.strip("\x00 "), f"{props.major}.{props.minor}", int(total), int(free), bus_id.strip("\x00 "), index
+    )
 
 
 def find_gpu(index: int = 0) -> GpuInfo:
@@ -170,7 +178,7 @@ def nvml_used_probe(bus_id: str) -> Callable[[], int] | None:
 
         pynvml.nvmlInit()
         handle = pynvml.nvmlDeviceGetHandleByPciBusId(bus_id)
-    except Exception:  # noqa: BLE001 - no library, no driver, no such device: NVML raises its own types
+    except Exception:
         return None
     return lambda: int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
 
@@ -188,7 +196,9 @@ class Device:
 
     def malloc(self, nbytes: int, what: str) -> int:
         try:
-            return native(check(self.rt, self.rt.cudaMalloc(max(nbytes, 1)), f"cudaMalloc of {nbytes >> 20} MiB for {what}"))
+            return native(
+                check(self.rt, self.rt.cudaMalloc(max(nbytes, 1)), f"cudaMalloc of {nbytes >> 20} MiB for {what}")
+            )
         except CudaError as e:
             free = self.rt.cudaMemGetInfo()
             left = f" ({int(free[1]) >> 20} MiB free)" if int(free[0]) == SUCCESS else ""
@@ -217,7 +227,7 @@ class Device:
         failure: BaseException | None = None
         try:
             fn()
-        except BaseException as e:  # noqa: BLE001 - end the capture whatever happened, then re-raise
+        except BaseException as e:
             failure = e
         err, *graph = rt.cudaStreamEndCapture(self.stream)
         g = graph[0] if graph else None

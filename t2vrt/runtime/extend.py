@@ -78,10 +78,19 @@ def extend(
         if window_callback is not None:
             window_callback(i + 1, windows)
     assert len(video) == total
-    record = {**last_record, "seed": seed, "frames": total, "fps": o_fps,
-              "init": {"kind": "continuation", "overlap": overlap, "windows": windows, "window": window,
-                       "source_frames": len(frames)}}  # fmt: skip
+    record = {
+        **last_record,
+        "seed": seed,
+        "frames": total,
+        "fps": o_fps,
+        "init": {
+            "kind": "continuation",
+            "overlap": overlap,
+            "windows": windows,
+            "window": window,
+            "source_frames": len(frames),
+        },
+    }
     if source_record and "prompt" in source_record:
         record["init"]["source_prompt"] = source_record["prompt"]
     return Extended(video, float(o_fps), record, timings)
-

@@ -30,8 +30,9 @@ def cpu_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def make_session(path: Path, device: str = "cpu", threads: int | None = None, prepack: bool = True,
-                 gpu_mem_limit: int | None = None):  # fmt: skip
+def make_session(
+    path: Path, device: str = "cpu", threads: int | None = None, prepack: bool = True, gpu_mem_limit: int | None = None
+):
     """One session for one graph file, with the options the benchmarks chose (all graph optimisations, one
     thread per physical core, no spinning, sequential execution: the graphs are chains, so parallel branches buy
     nothing). prepack=False skips ORT's pre-packed weight copies: slower, but a one-off check (the export's parity
@@ -76,7 +77,7 @@ def preload_cuda_libraries() -> None:
     if preload is not None:
         try:
             preload()
-        except Exception:  # noqa: BLE001 - a missing library shows as the CPU fallback make_session reports
+        except Exception:
             pass
 
 
@@ -125,7 +126,9 @@ class OrtRunner:
 
 
 class OnnxRuntimeBackend:
-    def __init__(self, manifest: Manifest, device: str = "cpu", precision: str | None = None, threads: int | None = None):
+    def __init__(
+        self, manifest: Manifest, device: str = "cpu", precision: str | None = None, threads: int | None = None
+    ):
         if device not in ("cpu", "cuda"):
             raise UsageError(f"onnxruntime device must be cpu or cuda, got {device!r}")
         if device == "cuda" and not cuda_available():

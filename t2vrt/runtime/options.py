@@ -46,8 +46,14 @@ def resolve_options(manifest: Manifest, prompt: str, hints: Hints | None = None,
     unguided sampler is an error, a backend's hint of 2 is not (such a run is one batch-1 UNet call per step)."""
     d = manifest.defaults
     base = GenerateOptions(
-        prompt=prompt, negative_prompt=d.negative_prompt, num_frames=d.num_frames, height=d.height, width=d.width,
-        num_inference_steps=d.num_inference_steps, guidance_scale=d.guidance_scale, scheduler=d.sampler,
+        prompt=prompt,
+        negative_prompt=d.negative_prompt,
+        num_frames=d.num_frames,
+        height=d.height,
+        width=d.width,
+        num_inference_steps=d.num_inference_steps,
+        guidance_scale=d.guidance_scale,
+        scheduler=d.sampler,
     )
     values = {k: v for k, v in given.items() if v is not None}
     unknown = sorted(set(values) - set(GenerateOptions.__dataclass_fields__))
@@ -82,7 +88,9 @@ def validate(o: GenerateOptions, manifest: Manifest) -> None:
     m = manifest.model.size_multiple
     for name, v in (("height", o.height), ("width", o.width)):
         if not isinstance(v, int) or v < m or v % m:
-            raise UsageError(f"{name} must be a positive multiple of {m} (the UNet downsamples 8x in latent space), got {v}")
+            raise UsageError(
+                f"{name} must be a positive multiple of {m} (the UNet downsamples 8x in latent space), got {v}"
+            )
     if o.scheduler not in samplers.SAMPLERS:
         raise UsageError(f"scheduler must be one of {', '.join(samplers.SAMPLERS)}, got {o.scheduler!r}")
     sampler = samplers.SAMPLERS[o.scheduler]
@@ -118,7 +126,9 @@ def check_latents(latents: np.ndarray, o: GenerateOptions, manifest: Manifest) -
     want = manifest.model.latent_shape(o.num_frames, o.height, o.width)
     arr = np.asarray(latents)
     if arr.shape != want:
-        raise UsageError(f"latents must have shape {want} (1, channels, frames, height/{ds}, width/{ds}), got {arr.shape}")
+        raise UsageError(
+            f"latents must have shape {want} (1, channels, frames, height/{ds}, width/{ds}), got {arr.shape}"
+        )
     if not np.isfinite(arr).all():
         raise UsageError("latents contain NaN or inf")
     return np.ascontiguousarray(arr, dtype=np.float32)

@@ -57,9 +57,7 @@ class Pipeline:
         self.num_train_timesteps = manifest.schedule.num_train_timesteps
 
     @classmethod
-    def from_bundle(
-        cls, bundle: str | Path, backend: str = "auto", options: BackendOptions | None = None
-    ) -> Pipeline:
+    def from_bundle(cls, bundle: str | Path, backend: str = "auto", options: BackendOptions | None = None) -> Pipeline:
         manifest = load_manifest(bundle)
         tokenizer = Tokenizer.from_file(manifest.tokenizer_path, context_length=manifest.tokenizer.context_length)
         chosen, note = select_backend(manifest, backend, options)
@@ -105,14 +103,26 @@ class Pipeline:
         remains, and denoised from there; `posterior_noise` is the VAE posterior's draw ("mean": none). With
         `init_image` the first `hold_frames` frames hold the image's latents at every step (image-to-video);
         `hold_latents` (1, c, k, h, w) holds given latents instead (continuation, t2vrt.runtime.extend)."""
-        init = v2v.Init(init_video, init_image, hold_latents, strength, start_frame, hold_frames, posterior_noise,
-                        hold_noise, fit)  # fmt: skip
+        init = v2v.Init(
+            init_video, init_image, hold_latents, strength, start_frame, hold_frames, posterior_noise, hold_noise, fit
+        )
         init.check()
         hints = self.backend.hints()
         o = resolve_options(
-            self.manifest, prompt, negative_prompt=negative_prompt, num_frames=num_frames, height=height, width=width,
-            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, eta=eta, seed=seed,
-            scheduler=scheduler, guidance_batch=guidance_batch, vae_chunk=vae_chunk, hints=hints,
+            self.manifest,
+            prompt,
+            negative_prompt=negative_prompt,
+            num_frames=num_frames,
+            height=height,
+            width=width,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            eta=eta,
+            seed=seed,
+            scheduler=scheduler,
+            guidance_batch=guidance_batch,
+            vae_chunk=vae_chunk,
+            hints=hints,
         )
         rng = np.random.default_rng(o.seed)
         shape = self.manifest.model.latent_shape(o.num_frames, o.height, o.width)
@@ -178,7 +188,9 @@ class Pipeline:
 
             def call(lat: np.ndarray, t: float, emb: np.ndarray) -> np.ndarray:
                 ts = np.full((lat.shape[0],), t, np.float32)
-                return _graph(unet, "UNet", {"latents": lat, "timestep": ts, "text_embeddings": emb}, "eps", f" at t={t:g}")
+                return _graph(
+                    unet, "UNet", {"latents": lat, "timestep": ts, "text_embeddings": emb}, "eps", f" at t={t:g}"
+                )
 
             guided = GuidedDenoiser(call, cond, uncond, o.guidance_scale, o.guidance_batch)
 
@@ -191,8 +203,9 @@ class Pipeline:
                 return e
 
             model = eps if start is None else start.eps(eps, self.alphas_cumprod)  # holds the known frames
-            x = samplers.sample(model, x, timesteps, self.alphas_cumprod, sampler=o.scheduler, eta=o.eta, rng=rng,
-                                callback=on_step)  # fmt: skip
+            x = samplers.sample(
+                model, x, timesteps, self.alphas_cumprod, sampler=o.scheduler, eta=o.eta, rng=rng, callback=on_step
+            )
         if start is not None:
             x = start.finish(x, self.alphas_cumprod)
         return x.astype(np.float32, copy=False)
@@ -203,7 +216,9 @@ class Pipeline:
         n = chunk or z.shape[0]
         with self._stage("vae_decoder") as vae:
             images = [vae.run({"latents": z[i : i + n]})["images"] for i in range(0, z.shape[0], n)]
-        return to_uint8(finite.check_graph_output("VAE decoder", np.concatenate(images), {"latents": z}))  # (f, H, W, 3)
+        return to_uint8(
+            finite.check_graph_output("VAE decoder", np.concatenate(images), {"latents": z})
+        )  # (f, H, W, 3)
 
 
 class _Stage:

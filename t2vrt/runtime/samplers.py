@@ -24,15 +24,28 @@ class Callback(Protocol):
 
 class Loop(Protocol):
     def __call__(
-        self, eps: EpsModel, x: np.ndarray, timesteps: Sequence[int], alphas_cumprod: np.ndarray, *, eta: float,
-        rng: np.random.Generator | None, callback: Callback | None,
-    ) -> np.ndarray: ...  # fmt: skip
+        self,
+        eps: EpsModel,
+        x: np.ndarray,
+        timesteps: Sequence[int],
+        alphas_cumprod: np.ndarray,
+        *,
+        eta: float,
+        rng: np.random.Generator | None,
+        callback: Callback | None,
+    ) -> np.ndarray: ...
 
 
 def _ddim_loop(
-    eps: EpsModel, x: np.ndarray, timesteps: Sequence[int], alphas_cumprod: np.ndarray, *, eta: float,
-    rng: np.random.Generator | None, callback: Callback | None,
-) -> np.ndarray:  # fmt: skip
+    eps: EpsModel,
+    x: np.ndarray,
+    timesteps: Sequence[int],
+    alphas_cumprod: np.ndarray,
+    *,
+    eta: float,
+    rng: np.random.Generator | None,
+    callback: Callback | None,
+) -> np.ndarray:
     """DDIM over the schedule; eta > 0 draws its noise per step from `rng` (float64 normal, cast to x's dtype)."""
     if eta > 0 and rng is None:
         raise ValueError("eta > 0 needs a numpy Generator (rng) for the step noise")
@@ -48,9 +61,15 @@ def _ddim_loop(
 
 
 def _dpmpp_2m_loop(
-    eps: EpsModel, x: np.ndarray, timesteps: Sequence[int], alphas_cumprod: np.ndarray, *, eta: float,
-    rng: np.random.Generator | None, callback: Callback | None,
-) -> np.ndarray:  # fmt: skip
+    eps: EpsModel,
+    x: np.ndarray,
+    timesteps: Sequence[int],
+    alphas_cumprod: np.ndarray,
+    *,
+    eta: float,
+    rng: np.random.Generator | None,
+    callback: Callback | None,
+) -> np.ndarray:
     """DPM-Solver++(2M): each step carries the previous data prediction and timestep."""
     ts = [int(t) for t in timesteps]
     prev_x0: np.ndarray | None = None
@@ -99,22 +118,31 @@ SAMPLERS: dict[str, SamplerDef] = {
     s.name: s
     for s in (
         SamplerDef(
-            "ddim", "DDIM (the original's and diffusers' default; eta > 0 adds noise)",
-            lambda n, steps: schedulers.ddim_timesteps(n, steps), _ddim_loop, stochastic=True,
+            "ddim",
+            "DDIM (the original's and diffusers' default; eta > 0 adds noise)",
+            lambda n, steps: schedulers.ddim_timesteps(n, steps),
+            _ddim_loop,
+            stochastic=True,
         ),
         SamplerDef(
-            "dpm++", "DPM-Solver++(2M): as good in fewer steps (20-25)",
-            schedulers.dpmpp_2m_timesteps, _dpmpp_2m_loop,
+            "dpm++",
+            "DPM-Solver++(2M): as good in fewer steps (20-25)",
+            schedulers.dpmpp_2m_timesteps,
+            _dpmpp_2m_loop,
         ),
         *(
             SamplerDef(
-                c.name, f"consistency sampler, {c.description}: 1-8 steps, for few-step LoRAs (T2V-Turbo, MCM)",
-                c.timesteps, _consistency_loop(c.name), max_steps=consistency.MAX_STEPS, guided=False,
+                c.name,
+                f"consistency sampler, {c.description}: 1-8 steps, for few-step LoRAs (T2V-Turbo, MCM)",
+                c.timesteps,
+                _consistency_loop(c.name),
+                max_steps=consistency.MAX_STEPS,
+                guided=False,
             )
             for c in consistency.CONSISTENCY_SAMPLERS.values()
         ),
     )
-}  # fmt: skip
+}
 
 
 def get(name: str) -> SamplerDef:

@@ -19,6 +19,7 @@ import numpy as np
 
 from t2vrt.errors import UsageError
 
+
 def scaled_linear_betas(beta_start: float = 0.00085, beta_end: float = 0.012, n: int = 1000) -> np.ndarray:
     """The latent-diffusion "scaled linear" schedule: betas whose square roots are evenly spaced (float64)."""
     if n < 1:

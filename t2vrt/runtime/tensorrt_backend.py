@@ -31,8 +31,8 @@ from t2vrt.errors import T2VError, UsageError
 from t2vrt.iospec import IOSpec
 from t2vrt.manifest import load_manifest
 from t2vrt.runtime import cuda
-from t2vrt.safety.paths import confine
 from t2vrt.runtime.backend import Hints
+from t2vrt.safety.paths import confine
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -70,10 +70,13 @@ def _engines_problem(bundle: Path, target: store.Target) -> str | None:
     rows = [r for r in store.bundle_engine_summary(bundle) if r["stale"] is None]
     mine = [r for r in rows if r["target"] == target.dirname]
     if not mine:
-        others = sorted({
-            store.Target(r["gpu"], r["compute_capability"], r["tensorrt"], int(r.get("memory_gib") or 0)).describe()
-            for r in rows if r["gpu"]
-        })  # fmt: skip
+        others = sorted(
+            {
+                store.Target(r["gpu"], r["compute_capability"], r["tensorrt"], int(r.get("memory_gib") or 0)).describe()
+                for r in rows
+                if r["gpu"]
+            }
+        )
         built = f"; its engines were built for {', '.join(others)}" if others else ""
         return f"no TensorRT engines in {bundle} for {here}{built}: build them with {_rebuild(bundle)}"
     plan = store.read_plan(bundle, target)
@@ -88,8 +91,14 @@ def _engines_problem(bundle: Path, target: store.Target) -> str | None:
 def _numpy_dtype(dt: trt.DataType) -> np.dtype[Any]:
     import tensorrt as trt
 
-    table = {trt.DataType.FLOAT: np.float32, trt.DataType.HALF: np.float16, trt.DataType.INT64: np.int64,
-             trt.DataType.INT32: np.int32, trt.DataType.BOOL: np.bool_, trt.DataType.INT8: np.int8}  # fmt: skip
+    table = {
+        trt.DataType.FLOAT: np.float32,
+        trt.DataType.HALF: np.float16,
+        trt.DataType.INT64: np.int64,
+        trt.DataType.INT32: np.int32,
+        trt.DataType.BOOL: np.bool_,
+        trt.DataType.INT8: np.int8,
+    }
     if dt not in table:
         raise T2VError(f"engine I/O tensor of TensorRT type {dt} has no numpy equivalent here")
     return np.dtype(table[dt])
@@ -98,7 +107,9 @@ def _numpy_dtype(dt: trt.DataType) -> np.dtype[Any]:
 class TensorRTRunner:
     """One engine: its context, its I/O buffers (at the profile's max), the checks on every call."""
 
-    def __init__(self, backend: TensorRTBackend, component: str, engine: trt.ICudaEngine, io: IOSpec, meta: dict[str, Any]):
+    def __init__(
+        self, backend: TensorRTBackend, component: str, engine: trt.ICudaEngine, io: IOSpec, meta: dict[str, Any]
+    ):
         import tensorrt as trt
 
         self.component, self.io, self.engine, self._b = component, io, engine, backend
@@ -158,7 +169,9 @@ class TensorRTRunner:
         if changed:
             self.need = int(self.context.update_device_memory_size_for_shapes())
             if self.need <= 0:
-                raise T2VError(f"TensorRT could not size the {self.component} engine's memory for shapes {self._shapes}")
+                raise T2VError(
+                    f"TensorRT could not size the {self.component} engine's memory for shapes {self._shapes}"
+                )
             self.drop_graph()  # a graph replays the shapes it captured
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -184,7 +197,9 @@ class TensorRTRunner:
 
     def _execute(self) -> None:
         self._calls += 1
-        capture = self._b.cuda_graphs and self.static and self.component == "unet" and not self.streaming and self._graphs_ok
+        capture = (
+            self._b.cuda_graphs and self.static and self.component == "unet" and not self.streaming and self._graphs_ok
+        )
         if self._graph is not None:
             self._b.cuda.launch(self._graph)
         elif capture and self._calls >= 2:
@@ -192,7 +207,9 @@ class TensorRTRunner:
                 self._graph = self._b.cuda.capture(self._enqueue)
             except T2VError as e:  # CudaError included: capture or instantiate refused
                 self._graphs_ok = False
-                log.warning("CUDA graph capture of the %s engine failed (%s): running it without graphs", self.component, e)
+                log.warning(
+                    "CUDA graph capture of the %s engine failed (%s): running it without graphs", self.component, e
+                )
                 self._enqueue()
                 return
             self._b.cuda.launch(self._graph)
@@ -244,7 +261,9 @@ class TensorRTBackend:
         self.runners: dict[str, TensorRTRunner] = {}
         self._block, self._block_size = 0, 0  # the shared activation block
         # resident: size the block once for the largest engine, so it never moves under a captured CUDA graph
-        self._want = max((int(v.get("device_memory", 0)) for v in self.measured.values()), default=0) if self.resident else 0
+        self._want = (
+            max((int(v.get("device_memory", 0)) for v in self.measured.values()), default=0) if self.resident else 0
+        )
         self._bound: dict[str, int] = {}
         self._closed = False
 
@@ -269,7 +288,9 @@ class TensorRTBackend:
 
     def hints(self) -> Hints:
         notes = (f"TensorRT engines for {self.target.gpu}: {self.plan['residency']}",)
-        return Hints(guidance_batch=int(self.plan["guidance_batch"]), vae_chunk=int(self.plan["vae_chunk"]), notes=notes)
+        return Hints(
+            guidance_batch=int(self.plan["guidance_batch"]), vae_chunk=int(self.plan["vae_chunk"]), notes=notes
+        )
 
     def open(self, component: str) -> TensorRTRunner:
         if component in self.runners:
@@ -277,7 +298,11 @@ class TensorRTBackend:
         tdir = store.target_dir(self.bundle, self.target)
         path = confine(tdir, self.files[component], f"{component} engine file", str(tdir / "plan.json"))
         meta = store.read_json(path.with_suffix(".json"))
-        if meta is None or store.Target.from_json(meta.get("target", {"gpu": "", "compute_capability": "", "tensorrt": ""})) != self.target:
+        if (
+            meta is None
+            or store.Target.from_json(meta.get("target", {"gpu": "", "compute_capability": "", "tensorrt": ""}))
+            != self.target
+        ):
             raise T2VError(f"{path} was not built for {self.target.describe()}: {_rebuild(self.bundle)}")
         engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
         if engine is None:

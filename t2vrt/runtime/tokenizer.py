@@ -52,7 +52,9 @@ class Tokenizer:
             raise UsageError(f"context_length must be >= 2 (room for SOT and EOT), got {context_length}")
         sot, eot = tok.token_to_id(SOT), tok.token_to_id(EOT)
         if sot is None or eot is None:
-            raise T2VError(f"the tokenizer file has no {SOT} / {EOT} tokens: not a CLIP tokenizer (re-export the bundle)")
+            raise T2VError(
+                f"the tokenizer file has no {SOT} / {EOT} tokens: not a CLIP tokenizer (re-export the bundle)"
+            )
         tok.no_truncation()
         tok.no_padding()
         self._tok = tok

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from t2vrt.runtime.backend import Backend
     from t2vrt.runtime.options import GenerateOptions
 
-ClipSource = Union[str, Path, np.ndarray]  # a path read_clip takes, or uint8 frames (f, H, W, 3) / an image (H, W, 3)
-PosteriorNoise = Union[np.ndarray, str, None]  # (f, c, h, w) noise, "mean", or None = drawn from the run's rng
+ClipSource = str | Path | np.ndarray  # a path read_clip takes, or uint8 frames (f, H, W, 3) / an image (H, W, 3)
+PosteriorNoise = np.ndarray | str | None  # (f, c, h, w) noise, "mean", or None = drawn from the run's rng
 EncodeRun = Callable[[np.ndarray], dict[str, np.ndarray]]  # images (n, 3, H, W) -> {"mean", "logvar"}
 
 
@@ -38,16 +38,20 @@ def load_frames(
         return clip.frames, clip.metadata, clip.fps
     arr = np.asarray(source)
     if arr.dtype != np.uint8 or arr.ndim not in (3, 4) or arr.shape[-1] != 3:
-        raise UsageError(f"init frames must be uint8 (frames, height, width, 3) or one image (height, width, 3), "
-                         f"got {arr.dtype} {arr.shape}")  # fmt: skip
+        raise UsageError(
+            f"init frames must be uint8 (frames, height, width, 3) or one image (height, width, 3), "
+            f"got {arr.dtype} {arr.shape}"
+        )
     if arr.ndim == 3:
         if start_frame:
             raise UsageError(f"a single image has no frame {start_frame}: start frame must be 0")
         arr = np.repeat(arr[None], num_frames, axis=0)
     chosen = arr[start_frame : start_frame + num_frames]
     if len(chosen) < num_frames:
-        raise UsageError(f"the init video has {max(len(arr) - start_frame, 0)} frames from frame {start_frame}; "
-                         f"{num_frames} are needed")  # fmt: skip
+        raise UsageError(
+            f"the init video has {max(len(arr) - start_frame, 0)} frames from frame {start_frame}; "
+            f"{num_frames} are needed"
+        )
     return np.stack([resize_frame(f, size, fit) for f in chosen]), None, None
 
 
@@ -87,8 +91,9 @@ def encode_frames(
     else:
         noise = np.asarray(posterior_noise, dtype=np.float32)
         if noise.shape != mean.shape:
-            raise UsageError(f"posterior noise must have shape {mean.shape} (frames, channels, height/8, width/8), "
-                             f"got {noise.shape}")  # fmt: skip
+            raise UsageError(
+                f"posterior noise must have shape {mean.shape} (frames, channels, height/8, width/8), got {noise.shape}"
+            )
     return to_video(posterior_latents(mean, logvar, scaling_factor, noise))
 
 
@@ -125,7 +130,11 @@ class Init:
 
     @property
     def kind(self) -> str | None:
-        given = [k for k, v in (("video", self.video), ("image", self.image), ("latents", self.hold_latents)) if v is not None]
+        given = [
+            k
+            for k, v in (("video", self.video), ("image", self.image), ("latents", self.hold_latents))
+            if v is not None
+        ]
         if len(given) > 1:
             raise UsageError(f"give one of an init video, an init image or latents to hold, not {' and '.join(given)}")
         return given[0] if given else None
@@ -133,9 +142,16 @@ class Init:
     def check(self) -> None:
         kind = self.kind
         if kind is None:
-            extra = [n for n, v in (("strength", self.strength), ("hold frames", self.hold_frames),
-                                    ("posterior noise", self.posterior_noise), ("hold noise", self.hold_noise))
-                     if v is not None] + (["start frame"] if self.start_frame else [])  # fmt: skip
+            extra = [
+                n
+                for n, v in (
+                    ("strength", self.strength),
+                    ("hold frames", self.hold_frames),
+                    ("posterior noise", self.posterior_noise),
+                    ("hold noise", self.hold_noise),
+                )
+                if v is not None
+            ] + (["start frame"] if self.start_frame else [])
             if extra:
                 raise UsageError(f"{', '.join(extra)}: only with an init video or an init image")
             return
@@ -177,9 +193,13 @@ def encoder_missing(manifest: Manifest) -> UsageError:
 
 
 def encode_with(
-    backend: Backend, manifest: Manifest, frames: np.ndarray, chunk: int, posterior_noise: PosteriorNoise,
+    backend: Backend,
+    manifest: Manifest,
+    frames: np.ndarray,
+    chunk: int,
+    posterior_noise: PosteriorNoise,
     rng: np.random.Generator,
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """Frames through the bundle's VAE encoder engine (opened for this stage, released after)."""
     if ENCODER not in manifest.components:
         raise encoder_missing(manifest)
@@ -197,9 +217,14 @@ def encode_with(
 
 
 def prepare(
-    init: Init, o: GenerateOptions, noise: np.ndarray, rng: np.random.Generator, manifest: Manifest, backend: Backend,
+    init: Init,
+    o: GenerateOptions,
+    noise: np.ndarray,
+    rng: np.random.Generator,
+    manifest: Manifest,
+    backend: Backend,
     alphas_cumprod: np.ndarray,
-) -> Start | None:  # fmt: skip
+) -> Start | None:
     """The sampler's start for `init` (None for plain text-to-video). `noise` (1, c, f, h, w) is what is added to the
     encoded latents at the first kept timestep (the same draw text-to-video starts from)."""
     init.check()
@@ -210,8 +235,9 @@ def prepare(
         raise encoder_missing(manifest)
     strength = DEFAULT_STRENGTH[kind] if init.strength is None else init.strength
     sampler = samplers.get(o.scheduler)
-    timesteps = vid2vid.kept_timesteps(sampler.timesteps(manifest.schedule.num_train_timesteps, o.num_inference_steps),
-                                       strength)  # fmt: skip
+    timesteps = vid2vid.kept_timesteps(
+        sampler.timesteps(manifest.schedule.num_train_timesteps, o.num_inference_steps), strength
+    )
     size = (o.width, o.height)
     record: dict[str, Any] = {"kind": kind, "strength": strength}
     known = None
@@ -250,8 +276,10 @@ def _check_hold_latents(latents: np.ndarray | None, shape: tuple[int, ...]) -> n
     arr = np.asarray(latents, dtype=np.float32)
     ok = arr.ndim == 5 and arr.shape[:2] == shape[:2] and arr.shape[3:] == shape[3:] and 1 <= arr.shape[2] < shape[2]
     if not ok:
-        raise UsageError(f"latents to hold must have shape (1, {shape[1]}, k, {shape[3]}, {shape[4]}) with k in "
-                         f"1..{shape[2] - 1}, got {arr.shape}")  # fmt: skip
+        raise UsageError(
+            f"latents to hold must have shape (1, {shape[1]}, k, {shape[3]}, {shape[4]}) with k in "
+            f"1..{shape[2] - 1}, got {arr.shape}"
+        )
     if not np.isfinite(arr).all():
         raise UsageError("latents to hold contain NaN or inf")
     return arr
@@ -273,11 +301,20 @@ def record(o: GenerateOptions, manifest: Manifest, init: dict[str, Any] | None, 
     import t2vrt
 
     out: dict[str, Any] = {
-        "t2vrt": t2vrt.__version__, "model": manifest.model_name, "prompt": o.prompt,
-        "negative_prompt": o.negative_prompt, "frames": o.num_frames, "width": o.width, "height": o.height,
-        "steps": o.num_inference_steps, "guidance": o.guidance_scale, "scheduler": o.scheduler, "eta": o.eta,
-        "seed": o.seed, "fps": fps,
-    }  # fmt: skip
+        "t2vrt": t2vrt.__version__,
+        "model": manifest.model_name,
+        "prompt": o.prompt,
+        "negative_prompt": o.negative_prompt,
+        "frames": o.num_frames,
+        "width": o.width,
+        "height": o.height,
+        "steps": o.num_inference_steps,
+        "guidance": o.guidance_scale,
+        "scheduler": o.scheduler,
+        "eta": o.eta,
+        "seed": o.seed,
+        "fps": fps,
+    }
     if init:
         out["init"] = init
     return out

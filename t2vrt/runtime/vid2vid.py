@@ -34,8 +34,9 @@ def strength_start(steps: int, strength: float) -> int:
     kept = min(int(steps * strength), steps)
     if kept < 1:
         need = 1.0 / steps
-        raise UsageError(f"strength {strength} of {steps} steps keeps no step; use a strength of at least {need:.3g} "
-                         "or more steps")  # fmt: skip
+        raise UsageError(
+            f"strength {strength} of {steps} steps keeps no step; use a strength of at least {need:.3g} or more steps"
+        )
     return steps - kept
 
 
@@ -94,8 +95,10 @@ def to_frames(x: np.ndarray) -> np.ndarray:
 
 def check_hold(num_held: int, num_frames: int) -> int:
     if isinstance(num_held, bool) or not isinstance(num_held, int) or not 1 <= num_held < num_frames:
-        raise UsageError(f"held frames must be an integer in 1..{num_frames - 1} (fewer than the {num_frames} "
-                         f"frames generated), got {num_held!r}")  # fmt: skip
+        raise UsageError(
+            f"held frames must be an integer in 1..{num_frames - 1} (fewer than the {num_frames} "
+            f"frames generated), got {num_held!r}"
+        )
     return num_held
 
 
@@ -149,8 +152,9 @@ def continuation_length(clip_frames: int, window: int, overlap: int, windows: in
     if isinstance(window, bool) or not isinstance(window, int) or window < 2:
         raise UsageError(f"a continuation window needs at least 2 frames, got {window!r}")
     if isinstance(overlap, bool) or not isinstance(overlap, int) or not 1 <= overlap < window:
-        raise UsageError(f"overlap must be an integer in 1..{window - 1} (the window is {window} frames), got "
-                         f"{overlap!r}")  # fmt: skip
+        raise UsageError(
+            f"overlap must be an integer in 1..{window - 1} (the window is {window} frames), got {overlap!r}"
+        )
     if clip_frames < overlap:
         raise UsageError(f"the clip has {clip_frames} frames; an overlap of {overlap} needs at least that many")
     if isinstance(windows, bool) or not isinstance(windows, int) or windows < 1:

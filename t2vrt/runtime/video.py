@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 
 from t2vrt.errors import T2VError, UsageError
+from t2vrt.runtime.metadata import to_comment
 from t2vrt.safety import owned
 from t2vrt.safety.atomic import StagedDir, check_target, owner_of, staged_file
 from t2vrt.safety.diskfull import text_says_disk_full
-from t2vrt.runtime.metadata import to_comment
 
 # extension -> (codec, extra ffmpeg output options); all yuv420p, the pixel format every player decodes.
 FFMPEG_FORMATS = {
@@ -52,7 +52,7 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 
 def output_kind(path: str | os.PathLike[str]) -> str:
-    """".mp4" | ".webm" | ".gif" | "dir" from the path's form; UsageError for anything else."""
+    """ ".mp4" | ".webm" | ".gif" | "dir" from the path's form; UsageError for anything else."""
     raw = os.fspath(path)
     if raw.endswith(("/", os.sep)):
         return "dir"
@@ -67,8 +67,10 @@ def output_kind(path: str | os.PathLike[str]) -> str:
 def _check_frames(frames: np.ndarray, kind: str) -> np.ndarray:
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
-        raise UsageError(f"frames must be uint8 [frames, height, width, 3] with at least one frame, got "
-                         f"{frames.dtype} {frames.shape} (use to_uint8 on decoded frames)")
+        raise UsageError(
+            f"frames must be uint8 [frames, height, width, 3] with at least one frame, got "
+            f"{frames.dtype} {frames.shape} (use to_uint8 on decoded frames)"
+        )
     h, w = frames.shape[1:3]
     if kind in FFMPEG_FORMATS and (h % 2 or w % 2):
         raise UsageError(f"{kind} (yuv420p) needs an even width and height, got {w}x{h}; use .gif or a directory")
@@ -103,12 +105,33 @@ def _write_ffmpeg(frames: np.ndarray, tmp: Path, fps: float, kind: str, comment:
     except RuntimeError as e:
         raise T2VError(f"no ffmpeg found to write {kind}: {e}") from e
     codec, opts = FFMPEG_FORMATS[kind]
-    n, h, w, _ = frames.shape
+    _, h, w, _ = frames.shape
     rate = str(Fraction(fps).limit_denominator(1001))
-    cmd = [exe, "-nostdin", "-y", "-loglevel", "error",
-           "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", rate, "-i", "-",
-           "-an", "-c:v", codec, "-pix_fmt", "yuv420p", *opts,
-           *(["-metadata", f"comment={comment}"] if comment else []), str(tmp)]  # fmt: skip
+    cmd = [
+        exe,
+        "-nostdin",
+        "-y",
+        "-loglevel",
+        "error",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-s",
+        f"{w}x{h}",
+        "-r",
+        rate,
+        "-i",
+        "-",
+        "-an",
+        "-c:v",
+        codec,
+        "-pix_fmt",
+        "yuv420p",
+        *opts,
+        *(["-metadata", f"comment={comment}"] if comment else []),
+        str(tmp),
+    ]
     proc = subprocess.run(cmd, input=frames.tobytes(), capture_output=True, check=False)
     if proc.returncode != 0 or not tmp.is_file() or tmp.stat().st_size == 0:
         text = proc.stderr.decode(errors="replace")
@@ -124,7 +147,9 @@ def _write_gif(frames: np.ndarray, tmp: Path, fps: float, comment: str | None = 
     # Pillow quantizes each frame to its own 256-colour palette, and merges identical consecutive frames into one
     # longer frame (same playback, fewer frames). GIF stores delays in 1/100 s.
     extra: dict[str, Any] = {"comment": comment.encode()} if comment else {}
-    data = iio.imwrite("<bytes>", list(frames), plugin="pillow", extension=".gif", duration=1000.0 / fps, loop=0, **extra)
+    data = iio.imwrite(
+        "<bytes>", list(frames), plugin="pillow", extension=".gif", duration=1000.0 / fps, loop=0, **extra
+    )
     _write_bytes(tmp, data)
 
 
@@ -133,7 +158,9 @@ def _write_pngs(frames: np.ndarray, tmp: Path) -> None:
 
     digits = max(4, len(str(len(frames) - 1)))
     for i, frame in enumerate(frames):
-        _write_bytes(tmp / f"frame_{i:0{digits}d}.png", iio.imwrite("<bytes>", frame, plugin="pillow", extension=".png"))
+        _write_bytes(
+            tmp / f"frame_{i:0{digits}d}.png", iio.imwrite("<bytes>", frame, plugin="pillow", extension=".png")
+        )
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
@@ -159,8 +186,9 @@ def check_output_path(path: str | os.PathLike[str], overwrite: bool = False) -> 
             owner = owner_of(target, "frames", _legacy_frames_dir, "-o")
             clash = [r for r in owned.foreign_entries(target, owner) if Path(r).match(FRAME_GLOB)]
             if clash:
-                raise UsageError(f"-o {target} holds frames t2vrt did not write ({', '.join(clash[:3])}); "
-                                 f"not replacing them")  # fmt: skip
+                raise UsageError(
+                    f"-o {target} holds frames t2vrt did not write ({', '.join(clash[:3])}); not replacing them"
+                )
         if kind != "dir" and target.is_dir():
             raise UsageError(f"{target} is a directory; cannot replace it with a {kind} file")
     _check_parent(target.parent)

@@ -67,7 +67,9 @@ def temp_path(target: Path, role: str = "tmp", suffix: str = "") -> Path:
 def _pattern(target: Path) -> re.Pattern[str]:
     name = re.escape(target.name)
     # ours: pid + random tag; earlier t2vrt versions: .NAME.tmp-<hex8> (export) and .NAME.partial-<hex8>[.ext] (video)
-    return re.compile(rf"\.{name}\.(?:t2vrt-(?P<role>tmp|old)-(?P<pid>\d+)-[0-9a-f]{{8}}|(?P<legacy>tmp|partial)-[0-9a-f]{{8}})(?:\.\w+)?")
+    return re.compile(
+        rf"\.{name}\.(?:t2vrt-(?P<role>tmp|old)-(?P<pid>\d+)-[0-9a-f]{{8}}|(?P<legacy>tmp|partial)-[0-9a-f]{{8}})(?:\.\w+)?"
+    )
 
 
 def _alive(pid: int) -> bool:
@@ -122,8 +124,11 @@ def clean_leftovers(target: Path, kind: str) -> list[str]:
         return []
     notes: list[str] = []
     if not os.path.lexists(target):  # a swap cut between its two renames: put the newest complete output back
-        complete = [(o.created_ns, p) for p in found if p.is_dir() and (o := own.read_marker(p)) is not None
-                    and o.state == own.COMPLETE and o.kind == kind]  # fmt: skip
+        complete = [
+            (o.created_ns, p)
+            for p in found
+            if p.is_dir() and (o := own.read_marker(p)) is not None and o.state == own.COMPLETE and o.kind == kind
+        ]
         if complete:
             best = max(complete)[1]
             os.rename(best, target)
@@ -161,8 +166,10 @@ def owner_of(target: Path, kind: str, recognise: Recognise | None = None, flag: 
     if owner is None:
         entries = sorted(os.listdir(target))
         what = f"{len(entries)} entries, e.g. {', '.join(entries[:3])}" if entries else "empty"
-        raise UsageError(f"{flag} {target} exists and is not a t2vrt {kind}: it was not written by t2vrt ({what}); "
-                         f"not touching it: choose a new path, or move it away yourself")  # fmt: skip
+        raise UsageError(
+            f"{flag} {target} exists and is not a t2vrt {kind}: it was not written by t2vrt ({what}); "
+            f"not touching it: choose a new path, or move it away yourself"
+        )
     if owner.kind != kind:
         raise UsageError(f"{flag} {target} is a t2vrt {owner.kind}, not a {kind}; not replacing it")
     return owner
@@ -176,8 +183,14 @@ class StagedDir:
     what t2vrt wrote there. Leaving the block without commit() (an error, Ctrl-C, SIGTERM) deletes the temp dir.
     """
 
-    def __init__(self, target: str | os.PathLike[str], kind: str, recognise: Recognise | None = None,
-                 overwrite: bool = True, flag: str = "output") -> None:  # fmt: skip
+    def __init__(
+        self,
+        target: str | os.PathLike[str],
+        kind: str,
+        recognise: Recognise | None = None,
+        overwrite: bool = True,
+        flag: str = "output",
+    ) -> None:
         self.target = check_target(target, flag)
         self.kind, self.recognise, self.overwrite, self.flag = kind, recognise, overwrite, flag
         self.tmp = temp_path(self.target)
@@ -216,8 +229,10 @@ class StagedDir:
                 self.previous = owner_of(self.target, self.kind, self.recognise, self.flag)
                 clash = conflicts(self.target, self.previous, self.tmp)
                 if clash:
-                    raise UsageError(f"{self.flag} {self.target} holds files t2vrt did not write where the new output "
-                                     f"goes: {', '.join(clash[:5])}; move them away and re-run")  # fmt: skip
+                    raise UsageError(
+                        f"{self.flag} {self.target} holds files t2vrt did not write where the new output "
+                        f"goes: {', '.join(clash[:5])}; move them away and re-run"
+                    )
             own.write_marker(self.tmp, self.kind, own.COMPLETE, files)
             with deferred():  # no Ctrl-C / SIGTERM between the renames and the state that records them
                 if not os.path.lexists(self.target):

@@ -116,7 +116,9 @@ def verify(files: Iterable[Expected], cache: VerdictCache | None = None, what: s
             try:
                 size = os.stat(e.path).st_size
             except OSError as err:
-                raise UsageError(f"{e.path} is missing or unreadable ({err.strerror}): the {what} is incomplete") from None
+                raise UsageError(
+                    f"{e.path} is missing or unreadable ({err.strerror}): the {what} is incomplete"
+                ) from None
             if e.size is not None and size != e.size:
                 raise UsageError(
                     f"{e.path} has {size} bytes, the manifest says {e.size}: the file was changed or truncated; "

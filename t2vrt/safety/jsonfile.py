@@ -28,8 +28,9 @@ def nesting_depth(text: str) -> int:
     return deepest
 
 
-def read_json(path: str | os.PathLike[str], max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH,
-              hint: str = "") -> Any:  # fmt: skip
+def read_json(
+    path: str | os.PathLike[str], max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH, hint: str = ""
+) -> Any:
     """Parse `path`; UsageError naming the file (and `hint`: what to do about it) when it is not sane JSON."""
     p = Path(path)
     tail = f"; {hint}" if hint else ""

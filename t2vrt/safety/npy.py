@@ -44,8 +44,9 @@ def _header(f: BinaryIO, what: str) -> tuple[tuple[int, ...], bool, np.dtype]:
     raise UsageError(f"{what} uses .npy format version {version[0]}.{version[1]}; expected 1.0 or 2.0")
 
 
-def load_npy(path: str | os.PathLike[str], ndim: int | None = None, max_bytes: int = MAX_BYTES,
-             what: str | None = None) -> np.ndarray:  # fmt: skip
+def load_npy(
+    path: str | os.PathLike[str], ndim: int | None = None, max_bytes: int = MAX_BYTES, what: str | None = None
+) -> np.ndarray:
     """Read a float .npy safely; `ndim` is the rank it must have. Returns float32."""
     p = Path(path)
     what = what or str(p)
@@ -55,8 +56,13 @@ def load_npy(path: str | os.PathLike[str], ndim: int | None = None, max_bytes: i
         raise UsageError(f"{what}: cannot open ({e.strerror})") from None
     with f:
         shape, fortran, dtype = _header(f, what)
-        if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None or dtype.kind != "f" \
-                or dtype.itemsize not in (2, 4, 8):  # fmt: skip
+        if (
+            dtype.hasobject
+            or dtype.fields is not None
+            or dtype.subdtype is not None
+            or dtype.kind != "f"
+            or dtype.itemsize not in (2, 4, 8)
+        ):
             raise UsageError(f"{what} holds {dtype} values; expected real floats (float16, float32 or float64)")
         if ndim is not None and len(shape) != ndim:
             raise UsageError(f"{what} has {len(shape)} dimensions {shape}; expected {ndim}")
@@ -65,17 +71,23 @@ def load_npy(path: str | os.PathLike[str], ndim: int | None = None, max_bytes: i
         count = math.prod(shape)
         nbytes = count * dtype.itemsize
         if nbytes > max_bytes:
-            raise UsageError(f"{what} claims shape {shape} of {dtype} ({nbytes:,} bytes); at most {max_bytes:,} accepted")
+            raise UsageError(
+                f"{what} claims shape {shape} of {dtype} ({nbytes:,} bytes); at most {max_bytes:,} accepted"
+            )
         offset = f.tell()
         size = os.fstat(f.fileno()).st_size
         if size != offset + nbytes:
-            raise UsageError(f"{what} is {size:,} bytes but its header promises {offset + nbytes:,} "
-                             f"(shape {shape}, {dtype}): truncated or not a plain .npy")  # fmt: skip
+            raise UsageError(
+                f"{what} is {size:,} bytes but its header promises {offset + nbytes:,} "
+                f"(shape {shape}, {dtype}): truncated or not a plain .npy"
+            )
         data = f.read(nbytes)
     arr = np.frombuffer(data, dtype=dtype, count=count).reshape(shape, order="F" if fortran else "C")
     if not np.isfinite(arr).all():
         raise UsageError(f"{what} contains NaN or inf")
     if arr.dtype.itemsize == 8 and arr.size and float(np.abs(arr).max()) > F32_MAX:
-        raise UsageError(f"{what} holds float64 values up to {float(np.abs(arr).max()):.3g}, beyond float32's "
-                         f"{F32_MAX:.3g}: they would become inf")  # fmt: skip
+        raise UsageError(
+            f"{what} holds float64 values up to {float(np.abs(arr).max()):.3g}, beyond float32's "
+            f"{F32_MAX:.3g}: they would become inf"
+        )
     return np.ascontiguousarray(arr, dtype=np.float32)

@@ -42,8 +42,15 @@ class Owned:
 
 def write_marker(directory: Path, kind: str, state: str, files: frozenset[str] | None = None) -> Owned:
     owned = Owned(kind, state, frozenset(files or ()), os.getpid(), socket.gethostname(), time.time_ns())
-    body = {"t2vrt": NOTICE, "kind": kind, "state": state, "pid": owned.pid, "host": owned.host,
-            "created_ns": owned.created_ns, "files": sorted(owned.files)}  # fmt: skip
+    body = {
+        "t2vrt": NOTICE,
+        "kind": kind,
+        "state": state,
+        "pid": owned.pid,
+        "host": owned.host,
+        "created_ns": owned.created_ns,
+        "files": sorted(owned.files),
+    }
     tmp = directory / f"{MARKER}.tmp"
     tmp.write_text(json.dumps(body, indent=1) + "\n")
     os.replace(tmp, directory / MARKER)
@@ -70,8 +77,14 @@ def read_marker(directory: Path) -> Owned | None:
             return None
         files = raw.get("files")
         safe = frozenset(r for r in (files if isinstance(files, list) else []) if _safe_rel(r))
-        return Owned(str(raw.get("kind")), raw["state"], safe, int(raw.get("pid") or 0), str(raw.get("host") or ""),
-                     int(raw.get("created_ns") or 0))  # fmt: skip
+        return Owned(
+            str(raw.get("kind")),
+            raw["state"],
+            safe,
+            int(raw.get("pid") or 0),
+            str(raw.get("host") or ""),
+            int(raw.get("created_ns") or 0),
+        )
     except (OSError, ValueError, TypeError, RecursionError):
         return None
 

@@ -31,7 +31,11 @@ def confine(root: str | os.PathLike[str], relative: object, what: str = "path", 
         raise refuse("contains a NUL byte")
     if "\\" in relative:
         raise refuse("contains a backslash")
-    if PurePosixPath(relative).is_absolute() or PureWindowsPath(relative).is_absolute() or PureWindowsPath(relative).drive:
+    if (
+        PurePosixPath(relative).is_absolute()
+        or PureWindowsPath(relative).is_absolute()
+        or PureWindowsPath(relative).drive
+    ):
         raise refuse("is absolute")
     if ".." in PurePosixPath(relative).parts:
         raise refuse("contains '..'")

@@ -48,8 +48,9 @@ class Services:
     closing: threading.Event = field(default_factory=threading.Event)
 
 
-def _err(status: int, message: str, param: str | None = None, code: str | None = None,
-         headers: dict[str, str] | None = None) -> JSONResponse:
+def _err(
+    status: int, message: str, param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
 
 
@@ -134,13 +135,16 @@ def create_app(svc: Services) -> FastAPI:
             elif source is not None:
                 path = svc.state.copy_upload(job_id, svc.state.result_file(source.id, "video"), ".mp4")
                 params["input"] = {"file": str(path.relative_to(svc.state.root)), "kind": "video"}
-            job = svc.store.create(job_id, req.model, params, svc.max_queue,
-                                   remixed_from=source.id if source else None)
+            job = svc.store.create(job_id, req.model, params, svc.max_queue, remixed_from=source.id if source else None)
         except QueueFull as e:
             svc.state.remove(job_id)
             wait = svc.live.retry_after(e.active)
-            raise ApiError(429, f"the queue is full ({e.active} jobs queued or running, limit {svc.max_queue}); "
-                           f"retry in {wait} s", code="queue_full", headers={"Retry-After": str(wait)}) from None
+            raise ApiError(
+                429,
+                f"the queue is full ({e.active} jobs queued or running, limit {svc.max_queue}); retry in {wait} s",
+                code="queue_full",
+                headers={"Retry-After": str(wait)},
+            ) from None
         except BaseException:
             svc.state.remove(job_id)
             raise
@@ -163,8 +167,9 @@ def create_app(svc: Services) -> FastAPI:
     @app.post("/v1/videos")
     async def create(request: Request) -> JSONResponse:
         if svc.closing.is_set():
-            raise ApiError(503, "the server is shutting down; retry shortly", code="shutting_down",
-                           headers={"Retry-After": "5"})
+            raise ApiError(
+                503, "the server is shutting down; retry shortly", code="shutting_down", headers={"Retry-After": "5"}
+            )
         fields, upload = await _read_body(request, svc.max_upload_bytes)
         req = parse_request(fields, svc.executor, svc.max_prompt_chars, upload=upload)
         return JSONResponse(await run_in_threadpool(enqueue, req, upload))
@@ -180,8 +185,13 @@ def create_app(svc: Services) -> FastAPI:
         except KeyError:
             raise ApiError(400, f"after: no video with id {after!r}", param="after") from None
         data = [obj(j) for j in jobs]
-        return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-                "last_id": data[-1]["id"] if data else None, "has_more": more}
+        return {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": more,
+        }
 
     @app.get("/v1/videos/{video_id}")
     def retrieve(video_id: str) -> JSONResponse:
@@ -195,14 +205,19 @@ def create_app(svc: Services) -> FastAPI:
             raise ApiError(400, f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}", param="variant")
         job = job_or_404(video_id)
         if job.status != "completed":
-            raise ApiError(404, f"video {video_id} is {job.status}; its content exists once it is completed",
-                           param="video_id", code="video_not_ready")
+            raise ApiError(
+                404,
+                f"video {video_id} is {job.status}; its content exists once it is completed",
+                param="video_id",
+                code="video_not_ready",
+            )
         path = svc.state.result_file(job.id, variant)
         if not path.is_file():
             raise ApiError(404, f"video {video_id} has no {variant} file", param="variant")
         name, mime = VARIANTS[variant]
-        return FileResponse(path, media_type=mime, filename=f"{job.id}{name[name.index('.'):]}",
-                            content_disposition_type="inline")
+        return FileResponse(
+            path, media_type=mime, filename=f"{job.id}{name[name.index('.') :]}", content_disposition_type="inline"
+        )
 
     @app.delete("/v1/videos/{video_id}")
     def delete(video_id: str) -> dict[str, Any]:
@@ -221,12 +236,14 @@ def create_app(svc: Services) -> FastAPI:
     async def remix(video_id: str, request: Request) -> JSONResponse:
         source = await run_in_threadpool(job_or_404, video_id)
         if source.status != "completed":
-            raise ApiError(400, f"video {video_id} is {source.status}; only a completed video can be remixed",
-                           param="video_id")
+            raise ApiError(
+                400, f"video {video_id} is {source.status}; only a completed video can be remixed", param="video_id"
+            )
         fields, upload = await _read_body(request, svc.max_upload_bytes)
         if upload is not None:
-            raise ApiError(400, "a remix takes no input_reference: its input is the video being remixed",
-                           param="input_reference")
+            raise ApiError(
+                400, "a remix takes no input_reference: its input is the video being remixed", param="input_reference"
+            )
         of = {"model": source.model, "given": source.params["given"], "resolved": source.params["resolved"]}
         req = parse_request(fields, svc.executor, svc.max_prompt_chars, remix_of=of)
         return JSONResponse(await run_in_threadpool(enqueue, req, None, source))
@@ -255,7 +272,8 @@ def create_app(svc: Services) -> FastAPI:
                 await asyncio.sleep(0.25)
                 quiet += 0.25
 
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        )
 
     return app

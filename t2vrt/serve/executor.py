@@ -52,14 +52,27 @@ class ModelInfo:
     def to_api(self) -> dict[str, Any]:
         d = self.defaults
         return {
-            "id": self.id, "object": "model", "created": 0, "owned_by": "t2vrt",
+            "id": self.id,
+            "object": "model",
+            "created": 0,
+            "owned_by": "t2vrt",
             "t2vrt": {
-                "bundle": self.bundle, "fps": self.fps, "size_multiple": self.size_multiple,
-                "samplers": list(self.samplers), "video_to_video": self.video_to_video,
-                "image_to_video": self.image_to_video, "no_input_reason": self.no_init,
-                "defaults": {"frames": d.num_frames, "width": d.width, "height": d.height,
-                             "steps": d.num_inference_steps, "guidance": d.guidance_scale,
-                             "negative_prompt": d.negative_prompt, "sampler": d.scheduler},
+                "bundle": self.bundle,
+                "fps": self.fps,
+                "size_multiple": self.size_multiple,
+                "samplers": list(self.samplers),
+                "video_to_video": self.video_to_video,
+                "image_to_video": self.image_to_video,
+                "no_input_reason": self.no_init,
+                "defaults": {
+                    "frames": d.num_frames,
+                    "width": d.width,
+                    "height": d.height,
+                    "steps": d.num_inference_steps,
+                    "guidance": d.guidance_scale,
+                    "negative_prompt": d.negative_prompt,
+                    "sampler": d.scheduler,
+                },
             },
         }
 
@@ -76,9 +89,19 @@ class Executor(Protocol):
 
 def pipeline_kwargs(given: dict[str, Any]) -> dict[str, Any]:
     """API field names -> Pipeline keyword arguments (only what the user set: the bundle decides the rest)."""
-    names = {"negative_prompt": "negative_prompt", "frames": "num_frames", "height": "height", "width": "width",
-             "steps": "num_inference_steps", "guidance": "guidance_scale", "eta": "eta", "seed": "seed",
-             "sampler": "scheduler", "strength": "strength", "hold_frames": "hold_frames"}  # fmt: skip
+    names = {
+        "negative_prompt": "negative_prompt",
+        "frames": "num_frames",
+        "height": "height",
+        "width": "width",
+        "steps": "num_inference_steps",
+        "guidance": "guidance_scale",
+        "eta": "eta",
+        "seed": "seed",
+        "sampler": "scheduler",
+        "strength": "strength",
+        "hold_frames": "hold_frames",
+    }
     return {names[k]: v for k, v in given.items() if k in names and v is not None}
 
 
@@ -121,9 +144,14 @@ class LocalExecutor:
             defaults = resolve_options(pipe.manifest, "")
             accepts = _accepts(pipe)
             self._models[name] = ModelInfo(
-                id=name, bundle=str(pipe.manifest.bundle), defaults=defaults,
-                fps=int(pipe.manifest.defaults.fps), size_multiple=int(pipe.manifest.model.size_multiple),
-                samplers=tuple(samplers.SAMPLERS), accepts=accepts, no_init=_no_init(pipe, accepts),
+                id=name,
+                bundle=str(pipe.manifest.bundle),
+                defaults=defaults,
+                fps=int(pipe.manifest.defaults.fps),
+                size_multiple=int(pipe.manifest.model.size_multiple),
+                samplers=tuple(samplers.SAMPLERS),
+                accepts=accepts,
+                no_init=_no_init(pipe, accepts),
             )
 
     @classmethod
@@ -168,11 +196,15 @@ class LocalExecutor:
         frames = video.frames  # (f, h, w, 3) uint8
         video.save(out_dir / "video.mp4")
         iio.imwrite(out_dir / "thumbnail.png", frames[len(frames) // 2], plugin="pillow", extension=".png")
-        iio.imwrite(out_dir / "spritesheet.jpg", _spritesheet(frames), plugin="pillow", extension=".jpg",
-                    quality=90)
-        return {"frames": int(frames.shape[0]), "width": int(frames.shape[2]), "height": int(frames.shape[1]),
-                "fps": int(video.fps), "backend": str(video.backend),
-                "timings": {k: round(float(v), 4) for k, v in video.timings.items()}}
+        iio.imwrite(out_dir / "spritesheet.jpg", _spritesheet(frames), plugin="pillow", extension=".jpg", quality=90)
+        return {
+            "frames": int(frames.shape[0]),
+            "width": int(frames.shape[2]),
+            "height": int(frames.shape[1]),
+            "fps": int(video.fps),
+            "backend": str(video.backend),
+            "timings": {k: round(float(v), 4) for k, v in video.timings.items()},
+        }
 
     def close(self) -> None:
         for p in self._pipes.values():

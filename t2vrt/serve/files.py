@@ -17,8 +17,11 @@ from pathlib import Path
 from t2vrt.errors import UsageError
 from t2vrt.serve.ids import is_job_id
 
-VARIANTS = {"video": ("video.mp4", "video/mp4"), "thumbnail": ("thumbnail.png", "image/png"),
-            "spritesheet": ("spritesheet.jpg", "image/jpeg")}  # fmt: skip
+VARIANTS = {
+    "video": ("video.mp4", "video/mp4"),
+    "thumbnail": ("thumbnail.png", "image/png"),
+    "spritesheet": ("spritesheet.jpg", "image/jpeg"),
+}
 
 
 def _checked(job_id: str) -> str:

@@ -17,11 +17,21 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 
 
-async def _reply(send: Any, status: int, message: str, code: str, headers: list[tuple[bytes, bytes]] = []) -> None:
+async def _reply(
+    send: Any, status: int, message: str, code: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     body = json.dumps(error_body(status, message, code=code)).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *headers]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -82,7 +92,12 @@ class ApiKey:
         given = dict(scope["headers"]).get(b"authorization", b"")
         if not hmac.compare_digest(given, self.expected):
             what = "missing" if not given else "wrong"
-            await _reply(send, 401, f"API key {what}: send Authorization: Bearer <key> (the server's --api-key)",
-                         "invalid_api_key", [(b"www-authenticate", b"Bearer")])
+            await _reply(
+                send,
+                401,
+                f"API key {what}: send Authorization: Bearer <key> (the server's --api-key)",
+                "invalid_api_key",
+                [(b"www-authenticate", b"Bearer")],
+            )
             return
         await self.app(scope, receive, send)

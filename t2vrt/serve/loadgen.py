@@ -26,12 +26,20 @@ def _pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
 def _summary(lat: dict[str, list[float]]) -> dict[str, dict[str, float]]:
-    return {k: {"n": len(v), "p50_ms": round(_pct(v, 0.5) * 1000, 2), "p95_ms": round(_pct(v, 0.95) * 1000, 2),
-                "max_ms": round(max(v) * 1000, 2)} for k, v in sorted(lat.items()) if v}
+    return {
+        k: {
+            "n": len(v),
+            "p50_ms": round(_pct(v, 0.5) * 1000, 2),
+            "p95_ms": round(_pct(v, 0.95) * 1000, 2),
+            "max_ms": round(max(v) * 1000, 2),
+        }
+        for k, v in sorted(lat.items())
+        if v
+    }
 
 
 @dataclass
@@ -81,8 +89,9 @@ def _pool(url: str, clients: int, headers: dict[str, str]) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=url, headers=headers, timeout=30, limits=limits)
 
 
-async def _busy(url: str, clients: int, seconds: float, long_job: dict[str, Any], headers: dict[str, str],
-                deadline: float) -> tuple[float, int, dict[str, dict[str, float]], list[str]]:
+async def _busy(
+    url: str, clients: int, seconds: float, long_job: dict[str, Any], headers: dict[str, str], deadline: float
+) -> tuple[float, int, dict[str, dict[str, float]], list[str]]:
     rec = _Recorder()
     async with _pool(url, clients, headers) as c:
         job = (await c.post("/v1/videos", json=long_job)).json()
@@ -92,8 +101,10 @@ async def _busy(url: str, clients: int, seconds: float, long_job: dict[str, Any]
 
         async def client() -> None:
             while time.monotonic() < stop:
-                for name, path, params in (("GET /v1/videos/{id}", f"/v1/videos/{job['id']}", None),
-                                           ("GET /v1/videos", "/v1/videos", {"limit": 20})):
+                for name, path, params in (
+                    ("GET /v1/videos/{id}", f"/v1/videos/{job['id']}", None),
+                    ("GET /v1/videos", "/v1/videos", {"limit": 20}),
+                ):
                     r = await rec.call(c, name, "GET", path, params=params)
                     if r is not None and r.status_code != 200:
                         rec.errors.append(f"{name}: HTTP {r.status_code}")
@@ -109,8 +120,9 @@ async def _busy(url: str, clients: int, seconds: float, long_job: dict[str, Any]
     return elapsed, n, _summary(rec.lat), rec.errors
 
 
-async def _submit_and_poll(url: str, report: LoadReport, job: dict[str, Any], poll_s: float,
-                           headers: dict[str, str], deadline: float) -> tuple[list[str], dict[str, str], _Recorder]:
+async def _submit_and_poll(
+    url: str, report: LoadReport, job: dict[str, Any], poll_s: float, headers: dict[str, str], deadline: float
+) -> tuple[list[str], dict[str, str], _Recorder]:
     rec = _Recorder()
     ids: list[str] = []
     final: dict[str, str] = {}
@@ -160,9 +172,17 @@ def _listed(url: str, headers: dict[str, str]) -> list[str]:
             after = page["last_id"]
 
 
-def run_load(url: str, clients: int = 50, jobs_per_client: int = 1, job: dict[str, Any] | None = None,
-             busy_seconds: float = 5.0, long_job: dict[str, Any] | None = None, deadline_s: float = 180.0,
-             poll_s: float = 0.2, headers: dict[str, str] | None = None) -> LoadReport:
+def run_load(
+    url: str,
+    clients: int = 50,
+    jobs_per_client: int = 1,
+    job: dict[str, Any] | None = None,
+    busy_seconds: float = 5.0,
+    long_job: dict[str, Any] | None = None,
+    deadline_s: float = 180.0,
+    poll_s: float = 0.2,
+    headers: dict[str, str] | None = None,
+) -> LoadReport:
     job = job or {"prompt": "load test", "steps": 1}
     headers = headers or {}
     deadline = time.monotonic() + deadline_s
@@ -170,7 +190,8 @@ def run_load(url: str, clients: int = 50, jobs_per_client: int = 1, job: dict[st
     if busy_seconds > 0:
         long_job = long_job or {"prompt": "busy", "steps": 400}
         report.busy_seconds, report.busy_requests, report.busy_latency, errs = asyncio.run(
-            _busy(url, clients, busy_seconds, long_job, headers, deadline))
+            _busy(url, clients, busy_seconds, long_job, headers, deadline)
+        )
         report.busy_seconds = round(report.busy_seconds, 3)
         report.errors += errs
 

@@ -23,12 +23,24 @@ INTS = ("frames", "steps", "seed", "hold_frames")
 FLOATS = ("seconds", "guidance", "eta", "strength")
 STRINGS = ("prompt", "model", "size", "negative_prompt", "sampler")
 FIELDS = frozenset((*INTS, *FLOATS, *STRINGS, "input_reference", "scheduler"))
-REMIX_FIELDS = frozenset(("prompt", "negative_prompt", "steps", "guidance", "eta", "seed", "sampler", "scheduler",
-                          "strength"))
+REMIX_FIELDS = frozenset(
+    ("prompt", "negative_prompt", "steps", "guidance", "eta", "seed", "sampler", "scheduler", "strength")
+)
 # The first word of a runtime UsageError -> the API field it is about.
-_PARAM_OF = {"height": "size", "width": "size", "frames": "frames", "steps": "steps", "guidance": "guidance",
-             "eta": "eta", "scheduler": "sampler", "seed": "seed", "prompt": "prompt", "negative": "negative_prompt",
-             "strength": "strength", "hold": "hold_frames"}  # fmt: skip
+_PARAM_OF = {
+    "height": "size",
+    "width": "size",
+    "frames": "frames",
+    "steps": "steps",
+    "guidance": "guidance",
+    "eta": "eta",
+    "scheduler": "sampler",
+    "seed": "seed",
+    "prompt": "prompt",
+    "negative": "negative_prompt",
+    "strength": "strength",
+    "hold": "hold_frames",
+}
 _SIZE = re.compile(r"\s*(\d{1,5})\s*[xX]\s*(\d{1,5})\s*")
 _INT = re.compile(r"\s*[+-]?\d{1,20}\s*")
 
@@ -119,7 +131,7 @@ def _check_source(f: dict[str, Any], info: ModelInfo, kind: str | None, remix: b
             if name in f:
                 raise bad(name, f"{name} applies only with an input_reference (or a remix)")
         return
-    if kind == "video" and not info.video_to_video or kind == "image" and not info.image_to_video:
+    if (kind == "video" and not info.video_to_video) or (kind == "image" and not info.image_to_video):
         what = "video-to-video" if kind == "video" else "image-to-video"
         reason = info.no_init or f"its Pipeline takes no {'init_video' if kind == 'video' else 'init_image'}"
         raise bad(field, f"model {info.id!r} cannot do {what}: {reason}")
@@ -141,8 +153,13 @@ def _param_of(message: str, raw: Mapping[str, Any]) -> str | None:
     return param
 
 
-def parse_request(raw: Mapping[str, Any], executor: Executor, max_chars: int, upload: Upload | None = None,
-                  remix_of: dict[str, Any] | None = None) -> JobRequest:
+def parse_request(
+    raw: Mapping[str, Any],
+    executor: Executor,
+    max_chars: int,
+    upload: Upload | None = None,
+    remix_of: dict[str, Any] | None = None,
+) -> JobRequest:
     """Validate everything a job needs; raise ApiError (400) naming the first bad field.
 
     `remix_of`: the source job's {"model", "given", "resolved"} for POST /v1/videos/{id}/remix."""
@@ -154,8 +171,14 @@ def parse_request(raw: Mapping[str, Any], executor: Executor, max_chars: int, up
     if remix_of is not None:
         model = remix_of["model"]
         r = remix_of["resolved"]
-        f = {"frames": r["frames"], "width": r["width"], "height": r["height"], "seed": r["seed"],
-             **{k: v for k, v in remix_of["given"].items() if k in REMIX_FIELDS and k != "strength"}, **f}
+        f = {
+            "frames": r["frames"],
+            "width": r["width"],
+            "height": r["height"],
+            "seed": r["seed"],
+            **{k: v for k, v in remix_of["given"].items() if k in REMIX_FIELDS and k != "strength"},
+            **f,
+        }
     else:
         model = f.pop("model", None) or next(iter(models))
         if model not in models:
@@ -170,8 +193,19 @@ def parse_request(raw: Mapping[str, Any], executor: Executor, max_chars: int, up
         o = executor.validate(model, prompt, **f)
     except UsageError as e:
         raise ApiError(400, str(e), param=_param_of(str(e), raw)) from None
-    resolved = {"negative_prompt": o.negative_prompt, "frames": o.num_frames, "width": o.width, "height": o.height,
-                "steps": o.num_inference_steps, "guidance": o.guidance_scale, "eta": o.eta, "seed": o.seed,
-                "sampler": o.scheduler, "fps": info.fps, "strength": f.get("strength"),
-                "hold_frames": f.get("hold_frames"), "input": kind}  # fmt: skip
+    resolved = {
+        "negative_prompt": o.negative_prompt,
+        "frames": o.num_frames,
+        "width": o.width,
+        "height": o.height,
+        "steps": o.num_inference_steps,
+        "guidance": o.guidance_scale,
+        "eta": o.eta,
+        "seed": o.seed,
+        "sampler": o.scheduler,
+        "fps": info.fps,
+        "strength": f.get("strength"),
+        "hold_frames": f.get("hold_frames"),
+        "input": kind,
+    }
     return JobRequest(model, prompt, f, resolved)

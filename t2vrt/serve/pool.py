@@ -85,12 +85,21 @@ class LiveJobs(Live):
 class WorkerPool:
     """K workers over one executor; the first also expires old results (the others check rarely)."""
 
-    def __init__(self, size: int, store: JobStore, state: StateDir, executor: Executor, live: LiveJobs,
-                 ttl: int | None, sweep_every: float = 60.0) -> None:
+    def __init__(
+        self,
+        size: int,
+        store: JobStore,
+        state: StateDir,
+        executor: Executor,
+        live: LiveJobs,
+        ttl: int | None,
+        sweep_every: float = 60.0,
+    ) -> None:
         if size < 1:
             raise ValueError(f"a worker pool needs at least one worker, got {size}")
-        self.workers = [Worker(store, state, executor, live, ttl, sweep_every if i == 0 else 3600.0)
-                        for i in range(size)]
+        self.workers = [
+            Worker(store, state, executor, live, ttl, sweep_every if i == 0 else 3600.0) for i in range(size)
+        ]
 
     def start(self) -> None:
         for w in self.workers:

@@ -54,14 +54,19 @@ def is_loopback(host: str) -> bool:
 
 def check_config(c: ServeConfig) -> None:
     if not is_loopback(c.host) and not c.api_key:
-        raise UsageError(f"--host {c.host} is reachable from other machines: set an API key (--api-key or "
-                         f"T2VRT_API_KEY); clients then send 'Authorization: Bearer <key>'")
+        raise UsageError(
+            f"--host {c.host} is reachable from other machines: set an API key (--api-key or "
+            f"T2VRT_API_KEY); clients then send 'Authorization: Bearer <key>'"
+        )
     if c.api_key is not None and len(c.api_key) < 16:
         raise UsageError(f"the API key must be at least 16 characters, got {len(c.api_key)}")
     if not 0 <= c.port <= 65535:
         raise UsageError(f"--port must be in 0..65535, got {c.port}")
-    for name, v, lo in (("--max-queue", c.max_queue, 1), ("--max-upload-mb", c.max_upload_mb, 1),
-                        ("--max-prompt-chars", c.max_prompt_chars, 1)):
+    for name, v, lo in (
+        ("--max-queue", c.max_queue, 1),
+        ("--max-upload-mb", c.max_upload_mb, 1),
+        ("--max-prompt-chars", c.max_prompt_chars, 1),
+    ):
         if v < lo:
             raise UsageError(f"{name} must be >= {lo}, got {v}")
     if c.drain_timeout < 0:
@@ -77,8 +82,8 @@ def serve(c: ServeConfig) -> None:
     from t2vrt.serve.executor import Executor, LocalExecutor
     from t2vrt.serve.files import StateDir
     from t2vrt.serve.limits import ApiKey, BodyLimit
-    from t2vrt.serve.store import JobStore
     from t2vrt.serve.pool import Workers
+    from t2vrt.serve.store import JobStore
     from t2vrt.serve.worker import Live, Worker
 
     check_config(c)
@@ -90,8 +95,13 @@ def serve(c: ServeConfig) -> None:
     for job_id in settled["deleted"]:
         state.remove(job_id)
     swept = state.sweep(set(store.all_ids()))
-    log.info("state %s: %d queued again after a crash, %d failed (interrupted twice), %d stray files removed",
-             state.root, len(settled["requeued"]), len(settled["failed"]), swept)
+    log.info(
+        "state %s: %d queued again after a crash, %d failed (interrupted twice), %d stray files removed",
+        state.root,
+        len(settled["requeued"]),
+        len(settled["failed"]),
+        swept,
+    )
     sweep_every = min(60.0, max(1.0, (ttl or 240) / 4))
     executor: Executor
     worker: Workers
@@ -111,12 +121,28 @@ def serve(c: ServeConfig) -> None:
         worker = Worker(store, state, executor, live, ttl, sweep_every=sweep_every)
     for name, note in notes.items():
         log.info("model %s: %s", name, note)
-    svc = Services(store, state, executor, worker, live, max_queue=c.max_queue,
-                   max_upload_bytes=c.max_upload_mb << 20, max_prompt_chars=c.max_prompt_chars,
-                   poll_after_ms=c.poll_after_ms)
+    svc = Services(
+        store,
+        state,
+        executor,
+        worker,
+        live,
+        max_queue=c.max_queue,
+        max_upload_bytes=c.max_upload_mb << 20,
+        max_prompt_chars=c.max_prompt_chars,
+        poll_after_ms=c.poll_after_ms,
+    )
     app = BodyLimit(ApiKey(create_app(svc), c.api_key), svc.max_upload_bytes + (1 << 20))
-    config = uvicorn.Config(app, host=c.host, port=c.port, log_level="warning", access_log=c.access_log,
-                            timeout_graceful_shutdown=5, lifespan="off")
+    config = uvicorn.Config(
+        app,
+        host=c.host,
+        port=c.port,
+        log_level="warning",
+        access_log=c.access_log,
+        timeout_graceful_shutdown=5,
+        lifespan="off",
+    )
+
     def on_signal() -> None:
         svc.closing.set()  # SSE streams end, submissions get 503
         worker.begin_drain()  # no new job starts
@@ -141,8 +167,9 @@ def serve(c: ServeConfig) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM) if main else ():
             signal.signal(sig, abort)
         finished = worker.drain(c.drain_timeout)
-        log.info("stopped (%s); queued jobs wait in %s", "drained" if finished else "running job requeued",
-                 state.db_path)
+        log.info(
+            "stopped (%s); queued jobs wait in %s", "drained" if finished else "running job requeued", state.db_path
+        )
         executor.close()
         store.close()
 

@@ -74,12 +74,21 @@ class QueueFull(Exception):
 
 def _job(row: sqlite3.Row) -> Job:
     return Job(
-        seq=row["seq"], id=row["id"], status=row["status"], model=row["model"], params=json.loads(row["params"]),
-        progress=row["progress"], attempts=row["attempts"], created_at=row["created_at"],
-        started_at=row["started_at"], completed_at=row["completed_at"], expires_at=row["expires_at"],
+        seq=row["seq"],
+        id=row["id"],
+        status=row["status"],
+        model=row["model"],
+        params=json.loads(row["params"]),
+        progress=row["progress"],
+        attempts=row["attempts"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        completed_at=row["completed_at"],
+        expires_at=row["expires_at"],
         error=json.loads(row["error"]) if row["error"] else None,
         result=json.loads(row["result"]) if row["result"] else None,
-        remixed_from=row["remixed_from"], deleted=bool(row["deleted"]),
+        remixed_from=row["remixed_from"],
+        deleted=bool(row["deleted"]),
     )
 
 
@@ -130,11 +139,14 @@ class JobStore:
 
     # --- submitting and reading ---------------------------------------------------------------------------------
 
-    def create(self, job_id: str, model: str, params: dict[str, Any], max_active: int,
-               remixed_from: str | None = None) -> Job:
+    def create(
+        self, job_id: str, model: str, params: dict[str, Any], max_active: int, remixed_from: str | None = None
+    ) -> Job:
         """Insert a queued job, unless `max_active` jobs are already queued or running (QueueFull)."""
         with self._tx() as db:
-            active = db.execute("SELECT COUNT(*) FROM jobs WHERE status IN (?, ?) AND deleted = 0", ACTIVE).fetchone()[0]
+            active = db.execute("SELECT COUNT(*) FROM jobs WHERE status IN (?, ?) AND deleted = 0", ACTIVE).fetchone()[
+                0
+            ]
             if active >= max_active:
                 raise QueueFull(active)
             db.execute(
@@ -168,8 +180,11 @@ class JobStore:
 
     def ahead_of(self, job: Job) -> int:
         """Jobs that run before this queued one (the running job included)."""
-        rows = self._read("SELECT COUNT(*) FROM jobs WHERE deleted = 0 AND (status = 'in_progress' OR "
-                          "(status = 'queued' AND seq < ?))", (job.seq,))
+        rows = self._read(
+            "SELECT COUNT(*) FROM jobs WHERE deleted = 0 AND (status = 'in_progress' OR "
+            "(status = 'queued' AND seq < ?))",
+            (job.seq,),
+        )
         return int(rows[0][0])
 
     def all_ids(self) -> list[str]:
@@ -187,7 +202,8 @@ class JobStore:
                 return None
             db.execute(
                 "UPDATE jobs SET status = 'in_progress', attempts = attempts + 1, progress = 0, started_at = ? "
-                "WHERE seq = ?", (now(), row["seq"]),
+                "WHERE seq = ?",
+                (now(), row["seq"]),
             )
             claimed = db.execute("SELECT * FROM jobs WHERE seq = ?", (row["seq"],)).fetchone()
         return _job(claimed)
@@ -201,7 +217,8 @@ class JobStore:
         with self._tx() as db:
             db.execute(
                 "UPDATE jobs SET status = 'completed', progress = 100, completed_at = ?, expires_at = ?, result = ?, "
-                "error = NULL WHERE id = ?", (t, t + ttl if ttl else None, json.dumps(result), job_id),
+                "error = NULL WHERE id = ?",
+                (t, t + ttl if ttl else None, json.dumps(result), job_id),
             )
 
     def fail(self, job_id: str, code: str, message: str, ttl: int | None) -> None:
@@ -217,7 +234,8 @@ class JobStore:
         with self._tx() as db:
             db.execute(
                 "UPDATE jobs SET status = 'queued', progress = 0, started_at = NULL, attempts = MAX(attempts - 1, 0) "
-                "WHERE id = ? AND status = 'in_progress'", (job_id,),
+                "WHERE id = ? AND status = 'in_progress'",
+                (job_id,),
             )
 
     # --- deleting, expiring, recovering -------------------------------------------------------------------------
@@ -246,9 +264,14 @@ class JobStore:
         """Delete finished jobs whose expires_at has passed; their ids (the caller removes their files)."""
         t = now() if at is None else at
         with self._tx() as db:
-            ids = [r["id"] for r in db.execute(
-                "SELECT id FROM jobs WHERE status IN ('completed', 'failed') AND expires_at IS NOT NULL "
-                "AND expires_at <= ?", (t,))]
+            ids = [
+                r["id"]
+                for r in db.execute(
+                    "SELECT id FROM jobs WHERE status IN ('completed', 'failed') AND expires_at IS NOT NULL "
+                    "AND expires_at <= ?",
+                    (t,),
+                )
+            ]
             db.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in ids])
         return ids
 
@@ -261,12 +284,15 @@ class JobStore:
             db.execute("DELETE FROM jobs WHERE deleted = 1")
             for r in db.execute("SELECT id, attempts FROM jobs WHERE status = 'in_progress'").fetchall():
                 if r["attempts"] < MAX_ATTEMPTS:
-                    db.execute("UPDATE jobs SET status = 'queued', progress = 0, started_at = NULL WHERE id = ?",
-                               (r["id"],))
+                    db.execute(
+                        "UPDATE jobs SET status = 'queued', progress = 0, started_at = NULL WHERE id = ?", (r["id"],)
+                    )
                     out["requeued"].append(r["id"])
                 else:
-                    error = {"code": "interrupted", "message": f"the server stopped while running this job "
-                             f"{r['attempts']} times; not retrying it"}
+                    error = {
+                        "code": "interrupted",
+                        "message": f"the server stopped while running this job {r['attempts']} times; not retrying it",
+                    }
                     db.execute(
                         "UPDATE jobs SET status = 'failed', completed_at = ?, expires_at = ?, error = ? WHERE id = ?",
                         (t, t + ttl if ttl else None, json.dumps(error), r["id"]),

@@ -43,12 +43,20 @@ def check_upload(data: bytes, max_bytes: int) -> Upload:
     if not data:
         raise ApiError(400, "input_reference is empty", param="input_reference")
     if len(data) > max_bytes:
-        raise ApiError(413, f"input_reference is {len(data)} bytes; the limit is {max_bytes}",
-                       param="input_reference", code="upload_too_large")
+        raise ApiError(
+            413,
+            f"input_reference is {len(data)} bytes; the limit is {max_bytes}",
+            param="input_reference",
+            code="upload_too_large",
+        )
     found = sniff(data)
     if found is None:
-        raise ApiError(415, f"input_reference must be {ALLOWED} (checked by content); got bytes starting "
-                       f"{data[:8].hex()}", param="input_reference", code="unsupported_media")
+        raise ApiError(
+            415,
+            f"input_reference must be {ALLOWED} (checked by content); got bytes starting {data[:8].hex()}",
+            param="input_reference",
+            code="unsupported_media",
+        )
     kind, ext = found
     if kind == "image":
         _check_image(data)
@@ -62,8 +70,9 @@ def _check_image(data: bytes) -> None:
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size
             if w * h > MAX_IMAGE_PIXELS:
-                raise ApiError(400, f"input_reference is {w}x{h}; at most {MAX_IMAGE_PIXELS} pixels",
-                               param="input_reference")
+                raise ApiError(
+                    400, f"input_reference is {w}x{h}; at most {MAX_IMAGE_PIXELS} pixels", param="input_reference"
+                )
             im.load()
     except ApiError:
         raise
@@ -75,22 +84,33 @@ def from_reference(value: object, max_bytes: int) -> Upload:
     """A JSON input_reference: a data: URL string, or {"image_url": "data:..."}. Nothing is fetched from the web."""
     if isinstance(value, dict):
         if "file_id" in value:
-            raise ApiError(400, "input_reference.file_id is not supported here: upload the file "
-                           "(multipart) or send a data: URL", param="input_reference")
+            raise ApiError(
+                400,
+                "input_reference.file_id is not supported here: upload the file (multipart) or send a data: URL",
+                param="input_reference",
+            )
         value = value.get("image_url")
     if not isinstance(value, str):
-        raise ApiError(400, "input_reference must be an uploaded file, a data: URL, or {\"image_url\": \"data:...\"}",
-                       param="input_reference")
+        raise ApiError(
+            400,
+            'input_reference must be an uploaded file, a data: URL, or {"image_url": "data:..."}',
+            param="input_reference",
+        )
     if not value.startswith("data:"):
-        raise ApiError(400, "input_reference URLs are not fetched; send the file itself (multipart upload or a "
-                       "base64 data: URL)", param="input_reference")
+        raise ApiError(
+            400,
+            "input_reference URLs are not fetched; send the file itself (multipart upload or a base64 data: URL)",
+            param="input_reference",
+        )
     header, sep, payload = value.partition(",")
     if not sep or not header.endswith(";base64"):
-        raise ApiError(400, "input_reference data: URL must be base64 (data:<type>;base64,...)",
-                       param="input_reference")
+        raise ApiError(
+            400, "input_reference data: URL must be base64 (data:<type>;base64,...)", param="input_reference"
+        )
     if len(payload) > max_bytes * 4 // 3 + 4:
-        raise ApiError(413, f"input_reference is over the {max_bytes}-byte limit", param="input_reference",
-                       code="upload_too_large")
+        raise ApiError(
+            413, f"input_reference is over the {max_bytes}-byte limit", param="input_reference", code="upload_too_large"
+        )
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):

@@ -71,8 +71,15 @@ class Live:
 
 
 class Worker:
-    def __init__(self, store: JobStore, state: StateDir, executor: Executor, live: Live,
-                 ttl: int | None, sweep_every: float = 60.0) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        state: StateDir,
+        executor: Executor,
+        live: Live,
+        ttl: int | None,
+        sweep_every: float = 60.0,
+    ) -> None:
         self.store, self.state, self.executor, self.live, self.ttl = store, state, executor, live, ttl
         self.sweep_every = sweep_every
         self._wake = threading.Event()
@@ -170,8 +177,13 @@ class Worker:
             if self._cancel.is_set():
                 raise _Stop()
 
-        spec = {"id": job.id, "model": job.model, "prompt": job.params["prompt"], "given": job.params["given"],
-                "input": job.params.get("input")}
+        spec = {
+            "id": job.id,
+            "model": job.model,
+            "prompt": job.params["prompt"],
+            "given": job.params["given"],
+            "input": job.params.get("input"),
+        }
         if spec["input"] is not None:
             spec["input"] = {**spec["input"], "path": str(self.state.root / spec["input"]["file"])}
         t0 = time.monotonic()

@@ -70,9 +70,17 @@ class FakeCudaRuntime(types.ModuleType):
     cudaMemcpyKind = cudaMemcpyKind
     cudaStreamCaptureMode = cudaStreamCaptureMode
 
-    def __init__(self, name: str = "NVIDIA Fake RTX 9000", cc: tuple[int, int] = (8, 9), total: int = 24 * GiB,
-                 driver: str = "ok", devices: int = 1, runtime_version: int = 13000, context_bytes: int = 300 * MiB,
-                 bus_id: str = "0000:41:00.0") -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str = "NVIDIA Fake RTX 9000",
+        cc: tuple[int, int] = (8, 9),
+        total: int = 24 * GiB,
+        driver: str = "ok",
+        devices: int = 1,
+        runtime_version: int = 13000,
+        context_bytes: int = 300 * MiB,
+        bus_id: str = "0000:41:00.0",
+    ) -> None:
         super().__init__("cuda.bindings.runtime")
         self.name, self.cc, self.total, self.driver, self.devices = name, cc, total, driver, devices
         self.runtime_version, self.context_bytes, self.bus_id = runtime_version, context_bytes, bus_id
@@ -134,8 +142,9 @@ class FakeCudaRuntime(types.ModuleType):
         err = self._start()
         if err:
             return err, None
-        return OK, types.SimpleNamespace(name=self.name.encode() + b"\0" * 8, major=self.cc[0], minor=self.cc[1],
-                                         totalGlobalMem=self.total)  # fmt: skip
+        return OK, types.SimpleNamespace(
+            name=self.name.encode() + b"\0" * 8, major=self.cc[0], minor=self.cc[1], totalGlobalMem=self.total
+        )
 
     def cudaDeviceGetPCIBusId(self, length: int, device: int) -> tuple[cudaError_t, bytes | None]:
         err = self._start()

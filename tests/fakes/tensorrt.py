@@ -60,7 +60,12 @@ class FakeTensorRT:
     def __init__(self, cuda: FakeCudaRuntime, sessions: dict[str, Any], version: str = "10.13.0") -> None:
         self.cuda, self.sessions, self.version = cuda, sessions, version
         self.weights: dict[str, int] = {}  # engine weight bytes; default: the ONNX graph + data file sizes
-        self.activation: dict[str, int] = {"text_encoder": 1 * MiB, "unet": 3 * MiB, "vae_decoder": 2 * MiB, "vae_encoder": 2 * MiB}
+        self.activation: dict[str, int] = {
+            "text_encoder": 1 * MiB,
+            "unet": 3 * MiB,
+            "vae_decoder": 2 * MiB,
+            "vae_encoder": 2 * MiB,
+        }
         self.streamable_fraction = 0.75  # "may not include all the weights"
         self.scratch = 4 * MiB  # weight-streaming scratch per context
         self.builder_library = 180 * MiB  # device memory a live Builder holds for its kernel library
@@ -74,14 +79,15 @@ class FakeTensorRT:
         self.log: list[str] = []
         self.module = self._module()
 
-    def _module(self) -> types.ModuleType:  # noqa: C901 - one fake module, one place
+    def _module(self) -> types.ModuleType:
         fake = self
         m = types.ModuleType("tensorrt")
         m.__version__ = self.version  # type: ignore[attr-defined]
         m.DataType = enum.Enum("DataType", "FLOAT HALF INT64 INT32 BOOL INT8")  # type: ignore[attr-defined]
         m.TensorIOMode = enum.Enum("TensorIOMode", "NONE INPUT OUTPUT")  # type: ignore[attr-defined]
         m.ExecutionContextAllocationStrategy = enum.Enum(  # type: ignore[attr-defined]
-            "ExecutionContextAllocationStrategy", "STATIC ON_PROFILE_CHANGE USER_MANAGED")  # fmt: skip
+            "ExecutionContextAllocationStrategy", "STATIC ON_PROFILE_CHANGE USER_MANAGED"
+        )
         m.MemoryPoolType = enum.Enum("MemoryPoolType", "WORKSPACE")  # type: ignore[attr-defined]
         m.BuilderFlag = enum.Enum("BuilderFlag", "WEIGHT_STREAMING")  # type: ignore[attr-defined]
         m.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", {"STRONGLY_TYPED": 1})  # type: ignore[attr-defined]
@@ -219,16 +225,24 @@ class FakeTensorRT:
                 weights = fake.weights.get(comp) or sum(f.stat().st_size for f in p.parent.iterdir() if f.is_file())
                 need = weights + fake.activation[comp]
                 free = fake.cuda.total - fake.cuda.used()
-                if need > free or self._library is None:  # the builder holds the weights on the card while it times tactics
+                if (
+                    need > free or self._library is None
+                ):  # the builder holds the weights on the card while it times tactics
                     fake.log.append(f"ERROR: {comp}: out of device memory while timing tactics ({need} > {free})")
                     return None
                 streaming = m.BuilderFlag.WEIGHT_STREAMING in config.flags
                 rename = fake.rename.get(comp)
                 names = lambda ns: [rename[1] if rename and n == rename[0] else n for n in ns]  # noqa: E731
-                desc = {"component": comp, "inputs": names(network.inputs), "outputs": names(network.outputs),
-                        "profile": {n: [list(s) for s in sh] for n, sh in config.profiles[0].shapes.items()},
-                        "weights": weights, "activation": fake.activation[comp],
-                        "weight_streaming": streaming, "workspace": workspace}  # fmt: skip
+                desc = {
+                    "component": comp,
+                    "inputs": names(network.inputs),
+                    "outputs": names(network.outputs),
+                    "profile": {n: [list(s) for s in sh] for n, sh in config.profiles[0].shapes.items()},
+                    "weights": weights,
+                    "activation": fake.activation[comp],
+                    "weight_streaming": streaming,
+                    "workspace": workspace,
+                }
                 fake.builds.append(desc)
                 if config.progress_monitor is not None:
                     config.progress_monitor.phase_start("Building engine", "", 1)
@@ -236,8 +250,13 @@ class FakeTensorRT:
                     config.progress_monitor.phase_finish("Building engine")
                 return FakeHostMemory(json.dumps(desc).encode())
 
-        for name, value in (("Logger", Logger), ("IProgressMonitor", IProgressMonitor), ("Runtime", Runtime),
-                            ("Builder", Builder), ("OnnxParser", OnnxParser)):  # fmt: skip
+        for name, value in (
+            ("Logger", Logger),
+            ("IProgressMonitor", IProgressMonitor),
+            ("Runtime", Runtime),
+            ("Builder", Builder),
+            ("OnnxParser", OnnxParser),
+        ):
             setattr(m, name, value)
         return m
 
@@ -262,7 +281,9 @@ class FakeEngine:
         return self.weights - self.streamable_weights_size + min(budget, self.streamable_weights_size)
 
     def load_weights(self, budget: int | None = None) -> bool:
-        err, ptr = self.fake.cuda.cudaMalloc(self._resident(self._budget if budget is None else budget), f"{self.component} weights")
+        err, ptr = self.fake.cuda.cudaMalloc(
+            self._resident(self._budget if budget is None else budget), f"{self.component} weights"
+        )
         if err != OK:
             return False
         if self._weights_ptr is not None:
@@ -341,7 +362,11 @@ class FakeContext:
     def set_input_shape(self, name: str, shape: Any) -> bool:
         prof = self.e.profile.get(name)
         shape = tuple(int(d) for d in shape)
-        if prof is None or len(shape) != len(prof[0]) or not all(lo <= n <= hi for lo, n, hi in zip(prof[0], shape, prof[2])):
+        if (
+            prof is None
+            or len(shape) != len(prof[0])
+            or not all(lo <= n <= hi for lo, n, hi in zip(prof[0], shape, prof[2]))
+        ):
             return False
         if self.shapes.get(name) != shape:
             self.calls.append("shape")
@@ -368,7 +393,9 @@ class FakeContext:
         if not isinstance(stream_handle, int):
             raise TypeError("execute_async_v3(): incompatible function arguments (stream_handle: int)")
         self.calls.append("enqueue")
-        missing = [n for n in e.inputs if n not in self.shapes] + [n for n in e.inputs + e.outputs if n not in self.addr]
+        missing = [n for n in e.inputs if n not in self.shapes] + [
+            n for n in e.inputs + e.outputs if n not in self.addr
+        ]
         if missing or self.block is None:
             fake.log.append(f"ERROR: {e.component}: enqueue without {missing or 'device memory'}")
             return False
@@ -396,9 +423,19 @@ class FakeContext:
         outs = sess.run(None, feeds)
         names = [o.name for o in sess.get_outputs()]
         for name, arr in zip(names, outs):
-            name = fake.rename.get(e.component, (None, name))[1] if fake.rename.get(e.component, ("",))[0] == name else name
+            name = (
+                fake.rename.get(e.component, (None, name))[1]
+                if fake.rename.get(e.component, ("",))[0] == name
+                else name
+            )
             dev = mem[addr[name]]
             assert arr.nbytes <= dev.nbytes
             dev[: arr.nbytes] = np.ascontiguousarray(arr, np.float32).view(np.uint8).reshape(-1)
-        fake.runs.append({"component": e.component, "shapes": {k: v.shape for k, v in feeds.items()},
-                          "graph": fake.cuda.replaying, "live": len(mem)})  # fmt: skip
+        fake.runs.append(
+            {
+                "component": e.component,
+                "shapes": {k: v.shape for k, v in feeds.items()},
+                "graph": fake.cuda.replaying,
+                "live": len(mem),
+            }
+        )

@@ -69,11 +69,20 @@ def _frames(bundle: Path, backend: Any, req: tuple[int, int, int]) -> np.ndarray
     m = load_manifest(bundle)
     tok = Tokenizer.from_file(m.tokenizer_path, context_length=m.tokenizer.context_length)
     with Pipeline(m, backend, tok) as pipe:
-        return pipe("a red panda eating bamboo", num_frames=req[0], height=req[1], width=req[2], num_inference_steps=STEPS, seed=0).frames
+        return pipe(
+            "a red panda eating bamboo",
+            num_frames=req[0],
+            height=req[1],
+            width=req[2],
+            num_inference_steps=STEPS,
+            seed=0,
+        ).frames
 
 
 @pytest.mark.parametrize("mode,vram,frames,height,width,dynamic,want", MODES, ids=[m[0] for m in MODES])
-def test_mode(bundle: Path, mode: str, vram: str, frames: int, height: int, width: int, dynamic: bool, want: tuple) -> None:
+def test_mode(
+    bundle: Path, mode: str, vram: str, frames: int, height: int, width: int, dynamic: bool, want: tuple
+) -> None:
     from t2vrt.engine import build
     from t2vrt.engine.facts import bundle_facts, make_plan
     from t2vrt.engine.planner import Request, parse_bytes
@@ -98,7 +107,9 @@ def test_mode(bundle: Path, mode: str, vram: str, frames: int, height: int, widt
     trt_graph = TensorRTBackend(bundle, cuda_graphs=True)
     got = _frames(bundle, trt_graph, (frames, height, width))
     used = free0 - cuda.free_bytes()  # what stayed allocated after the run (resident: all engines and the block)
-    print(f"\n{mode}: {plan.summary()}\ndevice memory held after the run {used >> 20} MiB, plan peak {plan.peak >> 20} MiB")
+    print(
+        f"\n{mode}: {plan.summary()}\ndevice memory held after the run {used >> 20} MiB, plan peak {plan.peak >> 20} MiB"
+    )
     assert used <= plan.peak
     eager = _frames(bundle, TensorRTBackend(bundle, cuda_graphs=False), (frames, height, width))
     assert np.abs(got.astype(int) - eager.astype(int)).max() <= GRAPH_TOL

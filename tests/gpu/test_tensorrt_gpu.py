@@ -82,7 +82,9 @@ def test_engines_match_onnxruntime_cpu(built) -> None:
             want = _ort(bundle, name, feeds)
             for k in want:
                 rel = float(np.linalg.norm(got[k] - want[k]) / (np.linalg.norm(want[k]) + 1e-12))
-                print(f"\n{name}.{k}: TensorRT fp16 vs ORT CPU fp32 rel L2 {rel:.2e}, PSNR {psnr(got[k], want[k]):.1f} dB")
+                print(
+                    f"\n{name}.{k}: TensorRT fp16 vs ORT CPU fp32 rel L2 {rel:.2e}, PSNR {psnr(got[k], want[k]):.1f} dB"
+                )
                 assert rel < 2e-2
                 np.testing.assert_array_equal(got[k], again[k])
             if name == "vae_decoder":
@@ -101,8 +103,10 @@ def test_measured_memory_matches_the_plan(built) -> None:
         assert meta is not None
         ep = plan.engine(name)
         measured, planned = int(meta["device_memory"]), ep.activation_bytes + plan.workspace
-        print(f"\n{name}: TensorRT device memory {measured >> 20} MiB, planned activations {ep.activation_bytes >> 20} MiB "
-              f"+ workspace {plan.workspace >> 20} MiB")  # fmt: skip
+        print(
+            f"\n{name}: TensorRT device memory {measured >> 20} MiB, planned activations {ep.activation_bytes >> 20} MiB "
+            f"+ workspace {plan.workspace >> 20} MiB"
+        )
         assert measured <= planned
 
 

@@ -18,8 +18,9 @@ Factory = Callable[..., ServerProcess]
 def start_server(tiny_bundle: Path, tmp_path: Path) -> Iterator[Factory]:
     started: list[ServerProcess] = []
 
-    def start(*extra: str, state: Path | None = None, bundles: list[str] | None = None,
-              env: dict[str, str] | None = None) -> ServerProcess:
+    def start(
+        *extra: str, state: Path | None = None, bundles: list[str] | None = None, env: dict[str, str] | None = None
+    ) -> ServerProcess:
         srv = ServerProcess(bundles or [f"tiny={tiny_bundle}"], state or tmp_path / "state", *extra, env=env)
         started.append(srv)
         return srv.start()

@@ -47,8 +47,9 @@ def test_page_and_models(http: httpx.Client) -> None:
     assert info["video_to_video"] is True and info["image_to_video"] is True  # the tiny bundle has a VAE encoder
 
 
-def test_a_json_job_streams_progress_and_produces_its_files(http: httpx.Client, tiny_bundle: Path,
-                                                            tmp_path: Path) -> None:
+def test_a_json_job_streams_progress_and_produces_its_files(
+    http: httpx.Client, tiny_bundle: Path, tmp_path: Path
+) -> None:
     r = http.post("/v1/videos", json={"prompt": "a red ball", "steps": 6, "seed": 7, "size": "64x64"})
     assert r.status_code == 200, r.text
     v = r.json()
@@ -99,8 +100,14 @@ def test_the_openai_sdk_works_unchanged(shared_server: ServerProcess) -> None:
     warnings.simplefilter("ignore", DeprecationWarning)  # the SDK marks its Sora methods deprecated
     client = openai.OpenAI(base_url=shared_server.url + "/v1", api_key="unused-on-loopback", max_retries=0)
     # The SDK's type hints list Sora's seconds and sizes; on the wire both are plain strings.
-    video = client.videos.create_and_poll(prompt="a paper boat", model="tiny", seconds="1", size="64x64",  # type: ignore[arg-type]
-                                          extra_body={"steps": 3, "seed": 11}, poll_interval_ms=100)
+    video = client.videos.create_and_poll(
+        prompt="a paper boat",
+        model="tiny",
+        seconds="1",
+        size="64x64",  # type: ignore[arg-type]
+        extra_body={"steps": 3, "seed": 11},
+        poll_interval_ms=100,
+    )
     assert video.status == "completed" and video.progress == 100 and video.error is None
     data = client.videos.download_content(video.id).read()
     assert data[4:8] == b"ftyp"
@@ -116,8 +123,12 @@ def test_the_openai_sdk_works_unchanged(shared_server: ServerProcess) -> None:
     assert remix.size == video.size and remix.seconds == video.seconds  # the source clip's shape
     assert client.videos.download_content(remix.id).read()[4:8] == b"ftyp"
     # Image-to-video from an uploaded still, as the SDK uploads it (multipart file).
-    still = client.videos.create(prompt="animate this", model="tiny", input_reference=("still.png", http_png(), "image/png"),
-                                 extra_body={"steps": 2, "hold_frames": 2})
+    still = client.videos.create(
+        prompt="animate this",
+        model="tiny",
+        input_reference=("still.png", http_png(), "image/png"),
+        extra_body={"steps": 2, "hold_frames": 2},
+    )
     still = client.videos.poll(still.id, poll_interval_ms=100)
     assert still.status == "completed", still.error
     with pytest.raises(openai.BadRequestError) as e:
@@ -146,13 +157,18 @@ def test_errors_have_one_shape_and_the_cli_messages(http: httpx.Client, tiny_bun
     body = r.json()
     assert r.status_code == 400 and set(body["error"]) == {"message", "type", "param", "code"}
     assert body["error"]["param"] == "size" and body["error"]["type"] == "invalid_request_error"
-    cli_run = CliRunner().invoke(cli, ["generate", "a cat", "--bundle", str(tiny_bundle), "--width", "65",
-                                       "-o", str(tmp_path / "x.mp4")])
+    cli_run = CliRunner().invoke(
+        cli, ["generate", "a cat", "--bundle", str(tiny_bundle), "--width", "65", "-o", str(tmp_path / "x.mp4")]
+    )
     assert cli_run.exit_code == 2
     assert cli_run.output.strip().splitlines()[-1] == f"error: {body['error']['message']}"
 
-    for path in ("/v1/videos/..%2F..%2Fjobs.sqlite3", "/v1/videos/video_" + "0" * 32,
-                 "/v1/videos/video_" + "0" * 32 + "/content", "/v1/videos/%2e%2e/content"):
+    for path in (
+        "/v1/videos/..%2F..%2Fjobs.sqlite3",
+        "/v1/videos/video_" + "0" * 32,
+        "/v1/videos/video_" + "0" * 32 + "/content",
+        "/v1/videos/%2e%2e/content",
+    ):
         r = http.get(path)
         assert r.status_code == 404 and "error" in r.json(), path
     assert http.delete("/v1/videos/../../etc").status_code == 404
@@ -162,17 +178,23 @@ def test_errors_have_one_shape_and_the_cli_messages(http: httpx.Client, tiny_bun
     assert http.post("/v1/videos", json={"prompt": "a", "steps": 2, "oops": 1}).json()["error"]["param"] == "oops"
     assert http.get("/v1/videos", params={"limit": 0}).json()["error"]["param"] == "limit"
 
-    script = http.post("/v1/videos", data={"prompt": "a"}, files={"input_reference": ("x.png", b"#!/bin/sh\n", "image/png")})
+    script = http.post(
+        "/v1/videos", data={"prompt": "a"}, files={"input_reference": ("x.png", b"#!/bin/sh\n", "image/png")}
+    )
     assert script.status_code == 415 and script.json()["error"]["param"] == "input_reference"
-    big = http.post("/v1/videos", data={"prompt": "a"},
-                    files={"input_reference": ("x.png", b"\x89PNG\r\n\x1a\n" + bytes(1_200_000), "image/png")})
+    big = http.post(
+        "/v1/videos",
+        data={"prompt": "a"},
+        files={"input_reference": ("x.png", b"\x89PNG\r\n\x1a\n" + bytes(1_200_000), "image/png")},
+    )
     assert big.status_code == 413  # over --max-upload-mb 1
     huge = http.post("/v1/videos", content=b"{" + b" " * (3 << 20) + b"}", headers={"content-type": "application/json"})
     assert huge.status_code == 413 and huge.json()["error"]["code"] == "request_too_large"
 
 
-def test_delete_cancels_running_and_queued_jobs(http: httpx.Client, shared_server: ServerProcess,
-                                                 wait_status: Any) -> None:
+def test_delete_cancels_running_and_queued_jobs(
+    http: httpx.Client, shared_server: ServerProcess, wait_status: Any
+) -> None:
     long = http.post("/v1/videos", json={"prompt": "long", "steps": 400}).json()
     queued = http.post("/v1/videos", json={"prompt": "waiting", "steps": 400}).json()
     wait_for(lambda: http.get(f"/v1/videos/{long['id']}").json()["progress"] > 0, 60, what="the long job to start")
@@ -206,8 +228,11 @@ def test_an_uploaded_clip_is_restyled(http: httpx.Client, shared_server: ServerP
     src = http.post("/v1/videos", json={"prompt": "source", "steps": 2}).json()
     wait_status(http, src["id"], ("completed",), 60)
     clip = http.get(f"/v1/videos/{src['id']}/content").content
-    r = http.post("/v1/videos", data={"prompt": "restyled", "strength": "0.7", "steps": "4"},
-                  files={"input_reference": ("../../evil.sh", clip, "application/octet-stream")})
+    r = http.post(
+        "/v1/videos",
+        data={"prompt": "restyled", "strength": "0.7", "steps": "4"},
+        files={"input_reference": ("../../evil.sh", clip, "application/octet-stream")},
+    )
     assert r.status_code == 200, r.text
     v = r.json()
     assert v["t2vrt"]["parameters"]["input"] == "video" and v["t2vrt"]["parameters"]["strength"] == 0.7

@@ -19,8 +19,10 @@ import pytest
 from t2vrt.serve.process import wait_for
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER),
-                                reason="needs Debian's chromium + chromium-driver (apt-get install chromium chromium-driver)")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER),
+    reason="needs Debian's chromium + chromium-driver (apt-get install chromium chromium-driver)",
+)
 
 
 @pytest.fixture
@@ -31,8 +33,14 @@ def browser() -> Iterator[Any]:
 
     opts = Options()
     opts.binary_location = CHROMIUM  # type: ignore[assignment]
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900",
-                "--autoplay-policy=no-user-gesture-required", "--disable-gpu"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+        "--autoplay-policy=no-user-gesture-required",
+        "--disable-gpu",
+    ):
         opts.add_argument(arg)
     driver = webdriver.Chrome(options=opts, service=Service(DRIVER))
     driver.set_script_timeout(30)
@@ -55,8 +63,11 @@ def _set(driver: Any, element_id: str, value: str) -> None:
 def test_the_page_generates_shows_progress_plays_and_remembers(start_server: Any, browser: Any) -> None:
     srv = start_server()
     browser.get(srv.url + "/")
-    wait_for(lambda: _js(browser, "return document.getElementById('frames').value") == "8", 30,
-             what="the model defaults in the form")
+    wait_for(
+        lambda: _js(browser, "return document.getElementById('frames').value") == "8",
+        30,
+        what="the model defaults in the form",
+    )
     assert _js(browser, "return [...document.getElementById('model').options].map(o => o.value)") == ["tiny"]
 
     _set(browser, "prompt", "a lighthouse at night")
@@ -68,8 +79,10 @@ def test_the_page_generates_shows_progress_plays_and_remembers(start_server: Any
     lines: list[str] = []
     end = time.monotonic() + 120
     while time.monotonic() < end:
-        p, line = _js(browser, "return [document.getElementById('bar').dataset.progress, "
-                               "document.getElementById('status').textContent]")
+        p, line = _js(
+            browser,
+            "return [document.getElementById('bar').dataset.progress, document.getElementById('status').textContent]",
+        )
         if p is not None:
             seen_progress.add(int(p))
         lines.append(line)
@@ -85,15 +98,24 @@ def test_the_page_generates_shows_progress_plays_and_remembers(start_server: Any
     # The result plays inline: decoded (videoWidth), no media error, frames presented and time advancing (looping).
     codec = _js(browser, "return document.createElement('video').canPlayType('video/mp4; codecs=\"avc1.42E01E\"')")
     assert codec in ("probably", "maybe"), f"this Chromium cannot play H.264 ({codec!r})"
-    wait_for(lambda: _js(browser, "const v = document.getElementById('result'); return v.readyState >= 2 && !v.paused"),
-             30, what="the video to start playing")
-    state = _js(browser, "const v = document.getElementById('result'); return {w: v.videoWidth, h: v.videoHeight, "
-                         "err: v.error && v.error.code, loop: v.loop, frames: v.getVideoPlaybackQuality().totalVideoFrames,"
-                         " t: v.currentTime}")
+    wait_for(
+        lambda: _js(browser, "const v = document.getElementById('result'); return v.readyState >= 2 && !v.paused"),
+        30,
+        what="the video to start playing",
+    )
+    state = _js(
+        browser,
+        "const v = document.getElementById('result'); return {w: v.videoWidth, h: v.videoHeight, "
+        "err: v.error && v.error.code, loop: v.loop, frames: v.getVideoPlaybackQuality().totalVideoFrames,"
+        " t: v.currentTime}",
+    )
     assert (state["w"], state["h"], state["err"], state["loop"]) == (64, 64, None, True)
     time.sleep(1.5)
-    later = _js(browser, "const v = document.getElementById('result'); "
-                         "return {frames: v.getVideoPlaybackQuality().totalVideoFrames, t: v.currentTime}")
+    later = _js(
+        browser,
+        "const v = document.getElementById('result'); "
+        "return {frames: v.getVideoPlaybackQuality().totalVideoFrames, t: v.currentTime}",
+    )
     assert later["frames"] > state["frames"] and later["t"] != state["t"], (state, later)
 
     params = _js(browser, "return [...document.querySelectorAll('#params tr')].map(r => r.innerText)")
@@ -105,24 +127,39 @@ def test_the_page_generates_shows_progress_plays_and_remembers(start_server: Any
 
     # History comes from the store: still there after a reload, with its thumbnail.
     browser.refresh()
-    wait_for(lambda: _js(browser, f"return !!document.querySelector('.item[data-id=\"{video_id}\"] img')"), 30,
-             what="the job in the history after a reload")
-    wait_for(lambda: _js(browser, f"return document.querySelector('.item[data-id=\"{video_id}\"] img').naturalWidth"),
-             30, what="the history thumbnail")
+    wait_for(
+        lambda: _js(browser, f"return !!document.querySelector('.item[data-id=\"{video_id}\"] img')"),
+        30,
+        what="the job in the history after a reload",
+    )
+    wait_for(
+        lambda: _js(browser, f"return document.querySelector('.item[data-id=\"{video_id}\"] img').naturalWidth"),
+        30,
+        what="the history thumbnail",
+    )
     browser.find_element("css selector", f'.item[data-id="{video_id}"]').click()
-    wait_for(lambda: _js(browser, "const v = document.getElementById('result'); return v.readyState >= 2"), 30,
-             what="the history entry's video")
+    wait_for(
+        lambda: _js(browser, "const v = document.getElementById('result'); return v.readyState >= 2"),
+        30,
+        what="the history entry's video",
+    )
 
     # Cancel stops a running job: it disappears from the API and the form is ready again.
     _set(browser, "prompt", "a long one")
     _set(browser, "steps", "400")
     browser.find_element("id", "generate").click()
-    wait_for(lambda: _js(browser, "return document.getElementById('status').textContent.startsWith('step')"), 60,
-             what="the second job to run")
+    wait_for(
+        lambda: _js(browser, "return document.getElementById('status').textContent.startsWith('step')"),
+        60,
+        what="the second job to run",
+    )
     newest = httpx.get(srv.url + "/v1/videos", params={"limit": 1}).json()["data"][0]
     assert newest["status"] == "in_progress" and newest["t2vrt"]["parameters"]["steps"] == 400
     browser.find_element("id", "cancel").click()
-    wait_for(lambda: _js(browser, "return document.getElementById('status').textContent") == "Cancelled.", 30,
-             what="the page to say Cancelled")
+    wait_for(
+        lambda: _js(browser, "return document.getElementById('status').textContent") == "Cancelled.",
+        30,
+        what="the page to say Cancelled",
+    )
     assert httpx.get(f"{srv.url}/v1/videos/{newest['id']}").status_code == 404
     assert _js(browser, "return document.getElementById('generate').disabled") is False

@@ -28,8 +28,10 @@ def _running(c: httpx.Client, video_id: str, past: int = 0) -> bool:
 def test_kill_9_mid_job_then_restart_completes_every_job(start_server: Any, wait_status: Any, tmp_path: Path) -> None:
     srv = start_server()
     with _client(srv.url) as c:
-        ids = [c.post("/v1/videos", json={"prompt": f"job {i}", "steps": 20 if i == 0 else 2}).json()["id"]
-               for i in range(4)]
+        ids = [
+            c.post("/v1/videos", json={"prompt": f"job {i}", "steps": 20 if i == 0 else 2}).json()["id"]
+            for i in range(4)
+        ]
         wait_for(lambda: _running(c, ids[0], past=5), 60, what="the first job to be part-way")
     srv.kill()  # SIGKILL: no drain, no cleanup; the store says job 0 is in_progress
     assert srv.proc.returncode == -signal.SIGKILL
@@ -133,16 +135,33 @@ def test_api_key_guards_v1_and_the_sdk_sends_it(start_server: Any) -> None:
         assert anon.get("/").status_code == 200  # the page holds no data; it asks for the key
     warnings.simplefilter("ignore", DeprecationWarning)
     client = openai.OpenAI(base_url=srv.url + "/v1", api_key=key, max_retries=0)
-    video = client.videos.create_and_poll(prompt="with a key", model="tiny", extra_body={"steps": 2},
-                                          poll_interval_ms=100)
+    video = client.videos.create_and_poll(
+        prompt="with a key", model="tiny", extra_body={"steps": 2}, poll_interval_ms=100
+    )
     assert video.status == "completed"
 
 
 def test_not_loopback_without_a_key_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:
-    run = subprocess.run([sys.executable, "-m", "t2vrt.cli", "serve", "--bundle", str(tiny_bundle), "--host",
-                          "0.0.0.0", "--state", str(tmp_path / "s")], capture_output=True, text=True, timeout=60,
-                         env={k: v for k, v in os.environ.items() if k != "T2VRT_API_KEY"})
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "t2vrt.cli",
+            "serve",
+            "--bundle",
+            str(tiny_bundle),
+            "--host",
+            "0.0.0.0",
+            "--state",
+            str(tmp_path / "s"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "T2VRT_API_KEY"},
+    )
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [
         "error: --host 0.0.0.0 is reachable from other machines: set an API key (--api-key or T2VRT_API_KEY); "
-        "clients then send 'Authorization: Bearer <key>'"]
+        "clients then send 'Authorization: Bearer <key>'"
+    ]

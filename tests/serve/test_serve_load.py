@@ -12,8 +12,15 @@ from t2vrt.serve.loadgen import run_load
 
 def test_fifty_clients_lose_and_duplicate_nothing(start_server: Any) -> None:
     srv = start_server("--max-queue", "20")  # below the client count: the 429 / Retry-After path is exercised too
-    report = run_load(srv.url, clients=50, jobs_per_client=1, job={"prompt": "load", "steps": 1}, busy_seconds=3.0,
-                      deadline_s=240.0, poll_s=0.2)
+    report = run_load(
+        srv.url,
+        clients=50,
+        jobs_per_client=1,
+        job={"prompt": "load", "steps": 1},
+        busy_seconds=3.0,
+        deadline_s=240.0,
+        poll_s=0.2,
+    )
     print(json.dumps(report.to_json(), indent=1))
     assert report.errors == []
     assert report.submitted == report.expected == 50

@@ -21,8 +21,12 @@ from t2vrt.serve.uploads import check_upload, from_reference, sniff
 
 
 def _params(prompt: str = "p") -> dict[str, Any]:
-    return {"prompt": prompt, "given": {}, "resolved": {"frames": 8, "fps": 8, "width": 64, "height": 64,
-                                                         "steps": 2}, "input": None}
+    return {
+        "prompt": prompt,
+        "given": {},
+        "resolved": {"frames": 8, "fps": 8, "width": 64, "height": 64, "steps": 2},
+        "input": None,
+    }
 
 
 @pytest.fixture
@@ -187,8 +191,9 @@ class FakeExecutor:
         from t2vrt.serve.executor import ModelInfo
 
         self.manifest = load_manifest(bundle)
-        self.info = ModelInfo("tiny", str(bundle), resolve_options(self.manifest, ""), 8, 64,
-                              tuple(samplers.SAMPLERS), accepts)
+        self.info = ModelInfo(
+            "tiny", str(bundle), resolve_options(self.manifest, ""), 8, 64, tuple(samplers.SAMPLERS), accepts
+        )
 
     def models(self) -> dict[str, Any]:
         return {"tiny": self.info}
@@ -216,24 +221,48 @@ def test_params_use_the_cli_messages_and_name_the_field(tiny_bundle: Path) -> No
     assert (req.resolved["frames"], req.resolved["width"], req.resolved["height"]) == (16, 128, 64)
     assert req.given["steps"] == 3 and 0 <= req.resolved["seed"] < 2**32  # a random seed, recorded
 
-    cases = {("size", "65x64"): "width", ("steps", "0"): "steps", ("guidance", "0.5"): "guidance",
-             ("sampler", "euler"): "scheduler", ("frames", "2000"): "frames", ("seed", "-1"): "seed"}  # fmt: skip
-    cli_names = {"width": "width", "steps": "num_inference_steps", "guidance": "guidance_scale",
-                 "scheduler": "scheduler", "frames": "num_frames", "seed": "seed"}  # fmt: skip
+    cases = {
+        ("size", "65x64"): "width",
+        ("steps", "0"): "steps",
+        ("guidance", "0.5"): "guidance",
+        ("sampler", "euler"): "scheduler",
+        ("frames", "2000"): "frames",
+        ("seed", "-1"): "seed",
+    }
+    cli_names = {
+        "width": "width",
+        "steps": "num_inference_steps",
+        "guidance": "guidance_scale",
+        "scheduler": "scheduler",
+        "frames": "num_frames",
+        "seed": "seed",
+    }
     for (field, value), cli_field in cases.items():
         with pytest.raises(ApiError) as e:
             parse_request({"prompt": "a cat", field: value}, ex, 100)
-        typed: Any = {"width": 65, "num_inference_steps": 0, "guidance_scale": 0.5, "scheduler": "euler",
-                      "num_frames": 2000, "seed": -1}[cli_names[cli_field]]
+        typed: Any = {
+            "width": 65,
+            "num_inference_steps": 0,
+            "guidance_scale": 0.5,
+            "scheduler": "euler",
+            "num_frames": 2000,
+            "seed": -1,
+        }[cli_names[cli_field]]
         with pytest.raises(UsageError) as cli:
             resolve_options(ex.manifest, "a cat", **{cli_names[cli_field]: typed})
         assert e.value.status == 400 and e.value.message == str(cli.value)
         assert e.value.param == field
-    for fields, param in (({"prompt": ""}, "prompt"), ({"prompt": "x" * 101}, "prompt"),
-                          ({"prompt": "a", "steps": "many"}, "steps"), ({"prompt": "a", "seconds": "0"}, "seconds"),
-                          ({"prompt": "a", "size": "big"}, "size"), ({"prompt": "a", "model": "sora-2"}, "model"),
-                          ({"prompt": "a", "colour": "red"}, "colour"), ({"prompt": "a", "strength": "0.5"}, "strength"),
-                          ({"prompt": "a", "steps": True}, "steps")):  # fmt: skip
+    for fields, param in (
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": "x" * 101}, "prompt"),
+        ({"prompt": "a", "steps": "many"}, "steps"),
+        ({"prompt": "a", "seconds": "0"}, "seconds"),
+        ({"prompt": "a", "size": "big"}, "size"),
+        ({"prompt": "a", "model": "sora-2"}, "model"),
+        ({"prompt": "a", "colour": "red"}, "colour"),
+        ({"prompt": "a", "strength": "0.5"}, "strength"),
+        ({"prompt": "a", "steps": True}, "steps"),
+    ):
         with pytest.raises(ApiError) as e:
             parse_request(fields, ex, 100)
         assert e.value.status == 400 and e.value.param == param, (fields, e.value.message)

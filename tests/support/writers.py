@@ -78,26 +78,30 @@ def write_original(root: str | Path, models: Mapping[str, nn.Module], cfg: Model
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(seed)
-    _json(root / "configuration.json", {
-        "framework": "pytorch",
-        "task": "text-to-video-synthesis",
-        "model": {
-            "type": "latent-text-to-video-synthesis",
-            "model_args": {
-                "ckpt_clip": "open_clip_pytorch_model.bin",
-                "ckpt_unet": "text2video_pytorch_model.pth",
-                "ckpt_autoencoder": "VQGAN_autoencoder.pth",
-                "max_frames": 16,
-                "tiny_gpu": 1,
+    _json(
+        root / "configuration.json",
+        {
+            "framework": "pytorch",
+            "task": "text-to-video-synthesis",
+            "model": {
+                "type": "latent-text-to-video-synthesis",
+                "model_args": {
+                    "ckpt_clip": "open_clip_pytorch_model.bin",
+                    "ckpt_unet": "text2video_pytorch_model.pth",
+                    "ckpt_autoencoder": "VQGAN_autoencoder.pth",
+                    "max_frames": 16,
+                    "tiny_gpu": 1,
+                },
+                "model_cfg": original_model_cfg(cfg),
             },
-            "model_cfg": original_model_cfg(cfg),
+            "pipeline": {"type": "latent-text-to-video-synthesis"},
         },
-        "pipeline": {"type": "latent-text-to-video-synthesis"},
-    })  # fmt: skip
+    )
     torch.save(_state(models["unet"]), root / "text2video_pytorch_model.pth")
     torch.save(openclip_state(models["text_encoder"], cfg, gen), root / "open_clip_pytorch_model.bin")
-    save_lightning(lightning_checkpoint(models["vae_decoder"], cfg, gen, models.get("vae_encoder")),
-                   root / "VQGAN_autoencoder.pth")  # fmt: skip
+    save_lightning(
+        lightning_checkpoint(models["vae_decoder"], cfg, gen, models.get("vae_encoder")), root / "VQGAN_autoencoder.pth"
+    )
     return root
 
 
@@ -174,7 +178,7 @@ class _AliasPickler(_PurePythonPickler):
         if alias is None:
             super().save_global(obj, name)
             return
-        self.write(pickle.GLOBAL + f"{alias[0]}\n{alias[1]}\n".encode("utf-8"))
+        self.write(pickle.GLOBAL + f"{alias[0]}\n{alias[1]}\n".encode())
         self.memoize(obj)
 
 
@@ -225,23 +229,30 @@ def write_diffusers(
 
     root = Path(root)
     gen = torch.Generator().manual_seed(seed)
-    _json(root / "model_index.json", {
-        "_class_name": "TextToVideoSDPipeline",
-        "_diffusers_version": DIFFUSERS_VERSION,
-        "scheduler": ["diffusers", "DDIMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet3DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    })  # fmt: skip
+    _json(
+        root / "model_index.json",
+        {
+            "_class_name": "TextToVideoSDPipeline",
+            "_diffusers_version": DIFFUSERS_VERSION,
+            "scheduler": ["diffusers", "DDIMScheduler"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", "UNet3DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+        },
+    )
 
     def save(part: str, file: str, config: dict, sd: Mapping[str, Tensor]) -> None:
         _json(root / part / "config.json", config)
         save_safetensors(sd, root / part / file, max_shard_bytes)
 
     unet_cfg = {"_class_name": "UNet3DConditionModel", "_diffusers_version": DIFFUSERS_VERSION, "sample_size": 32}
-    save("unet", "diffusion_pytorch_model.safetensors", unet_cfg | unet3d_keys.config_to_diffusers(cfg.unet),
-         unet3d_keys.original_to_diffusers(_state(models["unet"]), cfg.unet))  # fmt: skip
+    save(
+        "unet",
+        "diffusion_pytorch_model.safetensors",
+        unet_cfg | unet3d_keys.config_to_diffusers(cfg.unet),
+        unet3d_keys.original_to_diffusers(_state(models["unet"]), cfg.unet),
+    )
     vae_sd = vae_keys.original_to_diffusers(_state(models["vae_decoder"]), cfg.vae)
     dtype = next(iter(vae_sd.values())).dtype
     vae_cfg = vae_keys.config_to_diffusers(cfg.vae) | {"_diffusers_version": DIFFUSERS_VERSION}
@@ -251,24 +262,31 @@ def write_diffusers(
         enc = _encoder_side(cfg, gen, dtype)
     save("vae", "diffusion_pytorch_model.safetensors", vae_cfg, enc | vae_sd)
     te_cfg = text_encoder_keys.config_to_diffusers(cfg.text_encoder) | {"torch_dtype": "float32"}
-    save("text_encoder", "model.safetensors", te_cfg,
-         text_encoder_keys.original_to_diffusers(_state(models["text_encoder"]), cfg.text_encoder))  # fmt: skip
+    save(
+        "text_encoder",
+        "model.safetensors",
+        te_cfg,
+        text_encoder_keys.original_to_diffusers(_state(models["text_encoder"]), cfg.text_encoder),
+    )
     write_clip_tokenizer(root / "tokenizer", cfg.text_encoder.context_length)
     s = cfg.schedule
-    _json(root / "scheduler" / "scheduler_config.json", {
-        "_class_name": "DDIMScheduler",
-        "_diffusers_version": DIFFUSERS_VERSION,
-        "beta_end": s.beta_end,
-        "beta_schedule": s.beta_schedule,
-        "beta_start": s.beta_start,
-        "clip_sample": False,
-        "num_train_timesteps": s.num_train_timesteps,
-        "prediction_type": s.prediction_type,
-        "set_alpha_to_one": False,
-        "skip_prk_steps": True,
-        "steps_offset": 1,
-        "trained_betas": None,
-    })  # fmt: skip
+    _json(
+        root / "scheduler" / "scheduler_config.json",
+        {
+            "_class_name": "DDIMScheduler",
+            "_diffusers_version": DIFFUSERS_VERSION,
+            "beta_end": s.beta_end,
+            "beta_schedule": s.beta_schedule,
+            "beta_start": s.beta_start,
+            "clip_sample": False,
+            "num_train_timesteps": s.num_train_timesteps,
+            "prediction_type": s.prediction_type,
+            "set_alpha_to_one": False,
+            "skip_prk_steps": True,
+            "steps_offset": 1,
+            "trained_betas": None,
+        },
+    )
     return root
 
 
@@ -283,7 +301,7 @@ def write_clip_tokenizer(folder: Path, context_length: int = 77) -> None:
     spec = importlib.util.find_spec("open_clip")  # locate its bundled vocabulary without importing it (seconds)
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError("open_clip (open_clip_torch) is needed for its BPE vocabulary")
-    bpe = Path(list(spec.submodule_search_locations)[0]) / "bpe_simple_vocab_16e6.txt.gz"
+    bpe = Path(next(iter(spec.submodule_search_locations))) / "bpe_simple_vocab_16e6.txt.gz"
     lines = gzip.open(bpe).read().decode("utf-8").split("\n")[1 : N_MERGES + 1]
     symbols = list(bytes_to_unicode().values())
     tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in lines]
@@ -291,13 +309,21 @@ def write_clip_tokenizer(folder: Path, context_length: int = 77) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(lines) + "\n")
-    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "!"}
+    special = {
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": "!",
+    }
     _json(folder / "special_tokens_map.json", special)
-    _json(folder / "tokenizer_config.json", {
-        **special,
-        "add_prefix_space": False,
-        "do_lower_case": True,
-        "errors": "replace",
-        "model_max_length": context_length,
-        "tokenizer_class": "CLIPTokenizer",
-    })  # fmt: skip
+    _json(
+        folder / "tokenizer_config.json",
+        {
+            **special,
+            "add_prefix_space": False,
+            "do_lower_case": True,
+            "errors": "replace",
+            "model_max_length": context_length,
+            "tokenizer_class": "CLIPTokenizer",
+        },
+    )
