@@ -13,6 +13,7 @@ import torch
 
 from t2vrt.config.text import TextEncoderConfig
 from t2vrt.errors import UsageError
+from t2vrt.models.rename import KeyMapError
 from t2vrt.models.state_check import check_shapes
 
 Tensor = torch.Tensor
@@ -65,12 +66,12 @@ def config_from_openclip_state(sd: Mapping[str, Tensor], head_width: int = 64) -
     """Infer the text tower's shape from an OpenCLIP state dict (heads from the width: OpenCLIP uses 64-d heads)."""
     for k in ("token_embedding.weight", "positional_embedding"):
         if k not in sd:
-            raise KeyError(f"not an OpenCLIP state dict: no {k!r}")
+            raise KeyMapError(f"not an OpenCLIP state dict: no {k!r}")
     vocab, width = (int(n) for n in sd["token_embedding.weight"].shape)
     context = int(sd["positional_embedding"].shape[0])
     blocks = sorted({int(m.group(1)) for k in sd if (m := _BLOCK.match(k))})
     if not blocks or blocks != list(range(len(blocks))):
-        raise KeyError(f"OpenCLIP transformer.resblocks indices must be 0..n-1, found {blocks[:5]}...")
+        raise KeyMapError(f"OpenCLIP transformer.resblocks indices must be 0..n-1, found {blocks[:5]}...")
     if len(blocks) < 2:
         raise ValueError(f"the penultimate-layer encoder needs at least 2 blocks, the checkpoint has {len(blocks)}")
     if width % head_width:
@@ -96,10 +97,10 @@ def openclip_to_ours(sd: Mapping[str, Tensor], cfg: TextEncoderConfig) -> dict[s
         m = _BLOCK.match(k)
         if (m and cfg.layers_used <= int(m.group(1)) < cfg.layers) or _OPENCLIP_UNUSED.match(k):
             continue
-        raise KeyError(f"unexpected key in the OpenCLIP state dict: {k!r}")
+        raise KeyMapError(f"unexpected key in the OpenCLIP state dict: {k!r}")
     for k in shapes:
         if k not in out:
-            raise KeyError(f"OpenCLIP state dict lacks {k!r}")
+            raise KeyMapError(f"OpenCLIP state dict lacks {k!r}")
     return {k: out[k] for k in shapes}
 
 
@@ -141,7 +142,7 @@ def diffusers_to_original(sd: Mapping[str, Tensor], cfg: TextEncoderConfig) -> d
     strip = len(_HF_PREFIX) if any(prefixed) else 0
     if any(prefixed) and not all(prefixed):
         bad = next(k for k, p in zip(sd, prefixed) if not p)
-        raise KeyError(f"CLIPTextModel key {bad!r} lacks the {_HF_PREFIX!r} prefix the other keys have")
+        raise KeyMapError(f"CLIPTextModel key {bad!r} lacks the {_HF_PREFIX!r} prefix the other keys have")
     hf = {k[strip:]: v for k, v in sd.items() if k[strip:] not in _HF_BUFFERS}
     inverse = {}
     for ours, theirs in _diffusers_names(cfg).items():
@@ -149,13 +150,13 @@ def diffusers_to_original(sd: Mapping[str, Tensor], cfg: TextEncoderConfig) -> d
             inverse[t] = ours
     for k in hf:
         if k not in inverse:
-            raise KeyError(f"unexpected CLIPTextModel key {_HF_PREFIX[:strip]}{k!r}")
+            raise KeyMapError(f"unexpected CLIPTextModel key {_HF_PREFIX[:strip]}{k!r}")
     out: dict[str, Tensor] = {}
     for ours, theirs in _diffusers_names(cfg).items():
         parts = (theirs,) if isinstance(theirs, str) else theirs
         for t in parts:
             if t not in hf:
-                raise KeyError(f"CLIPTextModel state dict lacks {_HF_PREFIX[:strip] + t!r}")
+                raise KeyMapError(f"CLIPTextModel state dict lacks {_HF_PREFIX[:strip] + t!r}")
         out[ours] = hf[parts[0]] if len(parts) == 1 else torch.cat([hf[t] for t in parts], dim=0)
     return out
 
@@ -167,11 +168,11 @@ def original_to_diffusers(
     names = _diffusers_names(cfg)
     for k in sd:
         if k not in names:
-            raise KeyError(f"unexpected text encoder key {k!r}")
+            raise KeyMapError(f"unexpected text encoder key {k!r}")
     out: dict[str, Tensor] = {}
     for ours, theirs in names.items():
         if ours not in sd:
-            raise KeyError(f"text encoder state dict lacks {ours!r}")
+            raise KeyMapError(f"text encoder state dict lacks {ours!r}")
         if isinstance(theirs, str):
             out[prefix + theirs] = sd[ours]
         else:

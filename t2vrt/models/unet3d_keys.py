@@ -13,6 +13,7 @@ import torch
 
 from t2vrt.config.unet import LayerSpec, UNet3DConfig, unet_layout
 from t2vrt.errors import T2VError
+from t2vrt.models.rename import rename
 
 WB = ("weight", "bias")
 _RES = (
@@ -94,21 +95,16 @@ def key_pairs(cfg: UNet3DConfig) -> list[KeyPair]:
 
 
 def _convert(sd: Mapping[str, torch.Tensor], pairs: list[KeyPair], to_diffusers: bool) -> dict[str, torch.Tensor]:
-    known = {p[0] if to_diffusers else p[1] for p in pairs}
+    names = {(o if to_diffusers else d): (d if to_diffusers else o) for o, d, _ in pairs}
+    squeezed = {(d if to_diffusers else o) for o, d, reshape in pairs if reshape}  # temporal conv weights
+
+    def convert(key: str, v: torch.Tensor) -> torch.Tensor:
+        if key not in squeezed:
+            return v
+        return v[..., 0] if to_diffusers else v[..., None]
+
     layout = "original" if to_diffusers else "diffusers"
-    for key in sd:
-        if key not in known:
-            raise KeyError(f"unexpected UNet key {key!r} (not in the {layout} layout for this config)")
-    out = {}
-    for orig, diff, reshape in pairs:
-        src = orig if to_diffusers else diff
-        if src not in sd:
-            raise KeyError(f"missing UNet key {src!r}")
-        value = sd[src]
-        if reshape:
-            value = value[..., 0] if to_diffusers else value[..., None]
-        out[diff if to_diffusers else orig] = value
-    return out
+    return rename(sd, names, f"UNet ({layout} layout)", convert=convert)
 
 
 def original_to_diffusers(sd: Mapping[str, torch.Tensor], cfg: UNet3DConfig) -> dict[str, torch.Tensor]:

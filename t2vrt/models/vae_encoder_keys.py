@@ -12,8 +12,9 @@ from collections.abc import Mapping
 import torch
 
 from t2vrt.config.vae import VAEConfig
+from t2vrt.models.rename import KeyMapError, rename
 from t2vrt.models.state_check import check_shapes
-from t2vrt.models.vae_keys import _LEGACY_ATTN, _resnet_shapes
+from t2vrt.models.vae_keys import _current_attn_name, _resnet_shapes, _to_conv, _to_linear
 
 Tensor = torch.Tensor
 _DECODER_SIDE = ("decoder.", "post_quant_conv.")  # parts of a full autoencoder that encoding never reads
@@ -82,48 +83,15 @@ def _diffusers_names(cfg: VAEConfig) -> dict[str, str]:
     return {k: _diffusers_name(k) for k in expected_shapes(cfg)}
 
 
-def _is_linear_in_diffusers(key: str) -> bool:
-    return key.startswith("encoder.mid.attn_1.") and key.endswith(".weight") and ".norm." not in key
-
-
 def diffusers_to_original(sd: Mapping[str, Tensor], cfg: VAEConfig) -> dict[str, Tensor]:
     """AutoencoderKL state dict -> ours (encoder + quant_conv; the decoder side is ignored)."""
     inverse = {theirs: ours for ours, theirs in _diffusers_names(cfg).items()}
-    out: dict[str, Tensor] = {}
-    for k, v in sd.items():
-        if k.startswith(_DECODER_SIDE):
-            continue
-        name = k
-        if k.startswith(_MID_ATTN):
-            rest = k[len(_MID_ATTN) :]
-            for old, new in _LEGACY_ATTN.items():
-                if rest.startswith(old):
-                    name = _MID_ATTN + new + rest[len(old) :]
-        if name not in inverse:
-            raise KeyError(f"unexpected AutoencoderKL key {k!r}")
-        ours = inverse[name]
-        if ours in out:
-            raise KeyError(f"AutoencoderKL key {k!r} given twice (legacy and current attention names)")
-        out[ours] = v[:, :, None, None] if _is_linear_in_diffusers(ours) and v.ndim == 2 else v
-    for theirs, ours in inverse.items():
-        if ours not in out:
-            raise KeyError(f"AutoencoderKL state dict lacks {theirs!r}")
-    return {k: out[k] for k in expected_shapes(cfg)}
+    return rename(sd, inverse, "AutoencoderKL", skip=_DECODER_SIDE, alias=_current_attn_name, convert=_to_conv)
 
 
 def original_to_diffusers(sd: Mapping[str, Tensor], cfg: VAEConfig) -> dict[str, Tensor]:
     """Ours -> AutoencoderKL names (encoder + quant_conv only)."""
-    names = _diffusers_names(cfg)
-    for k in sd:
-        if k not in names:
-            raise KeyError(f"unexpected VAE encoder key {k!r}")
-    out: dict[str, Tensor] = {}
-    for ours, theirs in names.items():
-        if ours not in sd:
-            raise KeyError(f"VAE encoder state dict lacks {ours!r}")
-        v = sd[ours]
-        out[theirs] = v.reshape(v.shape[0], v.shape[1]) if _is_linear_in_diffusers(ours) else v
-    return out
+    return rename(sd, _diffusers_names(cfg), "VAE encoder", convert=_to_linear)
 
 
 def lightning_to_ours(state_dict: Mapping[str, Tensor], cfg: VAEConfig | None = None) -> dict[str, Tensor]:
@@ -133,7 +101,7 @@ def lightning_to_ours(state_dict: Mapping[str, Tensor], cfg: VAEConfig | None = 
     """
     sd = state_dict.get("state_dict", state_dict)  # type: ignore[call-overload]
     if not isinstance(sd, Mapping):
-        raise KeyError("checkpoint['state_dict'] is not a mapping of tensors")
+        raise KeyMapError("checkpoint['state_dict'] is not a mapping of tensors")
     out: dict[str, Tensor] = {}
     for k, v in sd.items():
         if not k.startswith(_LIGHTNING_PREFIX):
@@ -142,7 +110,7 @@ def lightning_to_ours(state_dict: Mapping[str, Tensor], cfg: VAEConfig | None = 
         if k.startswith(("encoder.", "quant_conv.")):
             out[k] = v
         elif not k.startswith(_DECODER_SIDE):
-            raise KeyError(f"unexpected autoencoder key {_LIGHTNING_PREFIX + k!r}")
+            raise KeyMapError(f"unexpected autoencoder key {_LIGHTNING_PREFIX + k!r}")
     if not out:
-        raise KeyError(f"no '{_LIGHTNING_PREFIX}encoder.*' keys in the checkpoint: not an LDM autoencoder")
+        raise KeyMapError(f"no '{_LIGHTNING_PREFIX}encoder.*' keys in the checkpoint: not an LDM autoencoder")
     return out

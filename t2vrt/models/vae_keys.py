@@ -13,6 +13,7 @@ import torch
 
 from t2vrt.config.vae import VAEConfig
 from t2vrt.errors import UsageError
+from t2vrt.models.rename import KeyMapError, rename
 from t2vrt.models.state_check import check_shapes
 
 Tensor = torch.Tensor
@@ -102,47 +103,37 @@ def _diffusers_names(cfg: VAEConfig) -> dict[str, str]:
 
 
 def _is_linear_in_diffusers(key: str) -> bool:
-    return key.startswith("decoder.mid.attn_1.") and key.endswith(".weight") and ".norm." not in key
+    """Our mid-attention q/k/v/proj_out weights (1x1 convs), which diffusers stores as Linear [c, c]."""
+    return ".mid.attn_1." in key and key.endswith(".weight") and ".norm." not in key
+
+
+def _current_attn_name(key: str) -> str:
+    """diffusers' older mid-attention names (query, key, value, proj_attn) -> the current ones (to_q, ...)."""
+    head, sep, rest = key.partition("mid_block.attentions.0.")
+    for old, new in _LEGACY_ATTN.items():
+        if sep and rest.startswith(old):
+            return head + sep + new + rest[len(old) :]
+    return key
+
+
+def _to_conv(ours: str, v: Tensor) -> Tensor:
+    return v[:, :, None, None] if _is_linear_in_diffusers(ours) and v.ndim == 2 else v
+
+
+def _to_linear(theirs: str, v: Tensor) -> Tensor:
+    attn = "mid_block.attentions.0." in theirs and theirs.endswith(".weight") and "group_norm" not in theirs
+    return v.reshape(v.shape[0], v.shape[1]) if attn and v.ndim == 4 else v
 
 
 def diffusers_to_original(sd: Mapping[str, Tensor], cfg: VAEConfig) -> dict[str, Tensor]:
     """AutoencoderKL state dict -> ours (decoder + post_quant_conv; the encoder side is ignored)."""
     inverse = {theirs: ours for ours, theirs in _diffusers_names(cfg).items()}
-    out: dict[str, Tensor] = {}
-    for k, v in sd.items():
-        if k.startswith(_ENCODER_SIDE):
-            continue
-        name = k
-        if k.startswith(_MID_ATTN):
-            rest = k[len(_MID_ATTN) :]
-            for old, new in _LEGACY_ATTN.items():
-                if rest.startswith(old):
-                    name = _MID_ATTN + new + rest[len(old) :]
-        if name not in inverse:
-            raise KeyError(f"unexpected AutoencoderKL key {k!r}")
-        ours = inverse[name]
-        if ours in out:
-            raise KeyError(f"AutoencoderKL key {k!r} given twice (legacy and current attention names)")
-        out[ours] = v[:, :, None, None] if _is_linear_in_diffusers(ours) and v.ndim == 2 else v
-    for theirs, ours in inverse.items():
-        if ours not in out:
-            raise KeyError(f"AutoencoderKL state dict lacks {theirs!r}")
-    return {k: out[k] for k in expected_shapes(cfg)}
+    return rename(sd, inverse, "AutoencoderKL", skip=_ENCODER_SIDE, alias=_current_attn_name, convert=_to_conv)
 
 
 def original_to_diffusers(sd: Mapping[str, Tensor], cfg: VAEConfig) -> dict[str, Tensor]:
     """Ours -> AutoencoderKL names (decoder + post_quant_conv only)."""
-    names = _diffusers_names(cfg)
-    for k in sd:
-        if k not in names:
-            raise KeyError(f"unexpected VAE decoder key {k!r}")
-    out: dict[str, Tensor] = {}
-    for ours, theirs in names.items():
-        if ours not in sd:
-            raise KeyError(f"VAE decoder state dict lacks {ours!r}")
-        v = sd[ours]
-        out[theirs] = v.reshape(v.shape[0], v.shape[1]) if _is_linear_in_diffusers(ours) else v
-    return out
+    return rename(sd, _diffusers_names(cfg), "VAE decoder", convert=_to_linear)
 
 
 def lightning_to_ours(state_dict: Mapping[str, Tensor], cfg: VAEConfig | None = None) -> dict[str, Tensor]:
@@ -152,7 +143,7 @@ def lightning_to_ours(state_dict: Mapping[str, Tensor], cfg: VAEConfig | None = 
     """
     sd = state_dict.get("state_dict", state_dict)  # type: ignore[call-overload]
     if not isinstance(sd, Mapping):
-        raise KeyError("checkpoint['state_dict'] is not a mapping of tensors")
+        raise KeyMapError("checkpoint['state_dict'] is not a mapping of tensors")
     out: dict[str, Tensor] = {}
     for k, v in sd.items():
         if not k.startswith(_LIGHTNING_PREFIX):
@@ -161,9 +152,9 @@ def lightning_to_ours(state_dict: Mapping[str, Tensor], cfg: VAEConfig | None = 
         if k.startswith(("decoder.", "post_quant_conv.")):
             out[k] = v
         elif not k.startswith(_ENCODER_SIDE):
-            raise KeyError(f"unexpected autoencoder key {_LIGHTNING_PREFIX + k!r}")
+            raise KeyMapError(f"unexpected autoencoder key {_LIGHTNING_PREFIX + k!r}")
     if not out:
-        raise KeyError(f"no '{_LIGHTNING_PREFIX}decoder.*' keys in the checkpoint: not an LDM autoencoder")
+        raise KeyMapError(f"no '{_LIGHTNING_PREFIX}decoder.*' keys in the checkpoint: not an LDM autoencoder")
     return out
 
 
