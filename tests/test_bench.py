@@ -78,8 +78,16 @@ def test_onnx_flops_match_torch_flop_counter(tmp_path: Path, tiny_models) -> Non
     path = tmp_path / "unet.onnx"
     args = tuple(torch.from_numpy(v) for v in inputs.values())
     with torch.no_grad():
-        torch.onnx.export(EngineIO(models["unet"], torch.float32), args, str(path), input_names=spec.input_names,
-                          output_names=spec.output_names, dynamic_axes=spec.dynamic_axes(), opset_version=17, dynamo=False)
+        torch.onnx.export(
+            EngineIO(models["unet"], torch.float32),
+            args,
+            str(path),
+            input_names=spec.input_names,
+            output_names=spec.output_names,
+            dynamic_axes=spec.dynamic_axes(),
+            opset_version=17,
+            dynamo=False,
+        )
         # the math backend: attention as two bmm, which the counter knows (the fused CPU kernel it may not)
         with FlopCounterMode(display=False) as fc, sdpa_kernel(SDPBackend.MATH):
             models["unet"](*args)
@@ -112,8 +120,23 @@ def test_bench_cli_on_the_tiny_bundle(tiny_bundle: Path, tmp_path: Path) -> None
     from t2vrt.cli import cli
 
     out = tmp_path / "results"
-    args = ["bench", str(tiny_bundle), "--backend", "onnxruntime-cpu", "--frames", "2", "--steps", "2",
-            "--warmup", "1", "--repeat", "1", "--out", str(out), "-q"]
+    args = [
+        "bench",
+        str(tiny_bundle),
+        "--backend",
+        "onnxruntime-cpu",
+        "--frames",
+        "2",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--repeat",
+        "1",
+        "--out",
+        str(out),
+        "-q",
+    ]
     res = CliRunner().invoke(cli, args)
     print(res.output)
     assert res.exit_code == 0, res.output
@@ -128,8 +151,27 @@ def test_bench_cli_on_the_tiny_bundle(tiny_bundle: Path, tmp_path: Path) -> None
 def test_bench_subprocess_without_baseline(tiny_bundle: Path, tmp_path: Path) -> None:
     """As users run it, JSON only, no torch contender."""
     out = tmp_path / "r"
-    cmd = [sys.executable, "-m", "t2vrt.cli", "bench", str(tiny_bundle), "--backend", "onnxruntime-cpu",
-           "--baseline", "none", "--frames", "2", "--steps", "2", "--repeat", "1", "--out", str(out), "--no-plot", "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "t2vrt.cli",
+        "bench",
+        str(tiny_bundle),
+        "--backend",
+        "onnxruntime-cpu",
+        "--baseline",
+        "none",
+        "--frames",
+        "2",
+        "--steps",
+        "2",
+        "--repeat",
+        "1",
+        "--out",
+        str(out),
+        "--no-plot",
+        "-q",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     (jpath,) = out.glob("*.json")
@@ -140,11 +182,14 @@ def test_bench_subprocess_without_baseline(tiny_bundle: Path, tmp_path: Path) ->
     assert missing_figures(rec) == ["t2vrt-onnxruntime-cpu.unet_step.p95"]  # the check can fail
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--warmup", "0"], "--warmup must be >= 1"),
-    (["--repeat", "0"], "--repeat must be >= 1"),
-    (["--frames", "0"], "frames must be an integer"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--warmup", "0"], "--warmup must be >= 1"),
+        (["--repeat", "0"], "--repeat must be >= 1"),
+        (["--frames", "0"], "frames must be an integer"),
+    ],
+)
 def test_bench_rejects_bad_values(tiny_bundle: Path, tmp_path: Path, args: list[str], message: str) -> None:
     from t2vrt.cli import cli
 
@@ -166,8 +211,24 @@ def test_bench_samplers_side_by_side(tiny_bundle: Path, tmp_path: Path) -> None:
     from t2vrt.manifest import load_manifest
 
     out = tmp_path / "cmp"
-    args = ["bench", str(tiny_bundle), "--backend", "onnxruntime-cpu", "--samplers", "ddim:3,lcm:2", "--frames", "2",
-            "--warmup-steps", "1", "--repeat", "1", "--out", str(out), "--no-plot", "-q"]  # fmt: skip
+    args = [
+        "bench",
+        str(tiny_bundle),
+        "--backend",
+        "onnxruntime-cpu",
+        "--samplers",
+        "ddim:3,lcm:2",
+        "--frames",
+        "2",
+        "--warmup-steps",
+        "1",
+        "--repeat",
+        "1",
+        "--out",
+        str(out),
+        "--no-plot",
+        "-q",
+    ]
     res = CliRunner().invoke(cli, args)
     print(res.output)
     assert res.exit_code == 0, res.output
@@ -179,8 +240,14 @@ def test_bench_samplers_side_by_side(tiny_bundle: Path, tmp_path: Path) -> None:
     g = load_manifest(tiny_bundle).defaults.guidance_scale
     assert g != 1.0  # the tiny bundle's DDIM is guided: two videos per step
     ddim, lcm = rec["contenders"]["ddim:3"], rec["contenders"]["lcm:2"]
-    assert ddim["sampler"] == {"name": "ddim", "steps": 3, "guidance_scale": g, "guided": True, "guidance_batch": 2,
-                               "negative_prompt": ddim["sampler"]["negative_prompt"]}  # fmt: skip
+    assert ddim["sampler"] == {
+        "name": "ddim",
+        "steps": 3,
+        "guidance_scale": g,
+        "guided": True,
+        "guidance_batch": 2,
+        "negative_prompt": ddim["sampler"]["negative_prompt"],
+    }
     assert lcm["sampler"]["guided"] is False and lcm["sampler"]["guidance_scale"] == 1.0
     assert ddim["unet"] == {"calls": 3, "passes": 6, "warmup_calls": 1}
     assert lcm["unet"] == {"calls": 2, "passes": 2, "warmup_calls": 1}
@@ -198,16 +265,19 @@ def test_bench_samplers_side_by_side(tiny_bundle: Path, tmp_path: Path) -> None:
     assert "dominant stage" in res.output and "3 / 6" in res.output
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--samplers", "ddim:50,lcm:4", "--baseline", "torch"], "runs no PyTorch baseline"),
-    (["--samplers", "euler:4"], "unknown sampler 'euler'"),
-    (["--samplers", "lcm:four"], "STEPS is an integer"),
-    (["--samplers", "lcm:4,lcm:4"], "lcm:4 given twice"),
-    (["--samplers", "lcm:4", "--steps", "4"], "--steps does not go with --samplers"),
-    (["--warmup-steps", "1"], "goes with --samplers"),
-    (["--samplers", "lcm:9", "--frames", "2"], "--samplers lcm:9: steps must be an integer in 1..8"),
-    (["--samplers", "lcm:4:7.5", "--frames", "2"], "takes no guidance 7.5"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--samplers", "ddim:50,lcm:4", "--baseline", "torch"], "runs no PyTorch baseline"),
+        (["--samplers", "euler:4"], "unknown sampler 'euler'"),
+        (["--samplers", "lcm:four"], "STEPS is an integer"),
+        (["--samplers", "lcm:4,lcm:4"], "lcm:4 given twice"),
+        (["--samplers", "lcm:4", "--steps", "4"], "--steps does not go with --samplers"),
+        (["--warmup-steps", "1"], "goes with --samplers"),
+        (["--samplers", "lcm:9", "--frames", "2"], "--samplers lcm:9: steps must be an integer in 1..8"),
+        (["--samplers", "lcm:4:7.5", "--frames", "2"], "takes no guidance 7.5"),
+    ],
+)
 def test_bench_samplers_bad_values(tiny_bundle: Path, tmp_path: Path, args: list[str], message: str) -> None:
     from t2vrt.cli import cli
 

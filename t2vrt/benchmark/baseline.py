@@ -108,7 +108,9 @@ class TorchBaseline:
         for i, t in enumerate(timesteps):
             e = eps(lat.to(self.dtype), float(t))
             a_t = float(self.alphas_cumprod[int(t)])
-            a_prev = float(self.alphas_cumprod[int(timesteps[i + 1])] if i + 1 < len(timesteps) else self.alphas_cumprod[0])
+            a_prev = float(
+                self.alphas_cumprod[int(timesteps[i + 1])] if i + 1 < len(timesteps) else self.alphas_cumprod[0]
+            )
             x0 = (lat - (1.0 - a_t) ** 0.5 * e) / a_t**0.5  # DDIM eq. (12), predicted x_0
             lat = a_prev**0.5 * x0 + (1.0 - a_prev) ** 0.5 * e  # DDIM eq. (12) with sigma = 0
             if callback is not None:

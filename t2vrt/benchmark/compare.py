@@ -75,8 +75,9 @@ def contender_options(manifest: Any, run: SamplerRun, prompt: str, hints: Any, *
     if run.guidance is not None:
         extra["guidance_scale"] = run.guidance
     try:
-        return resolve_options(manifest, prompt, hints=hints, scheduler=run.sampler, num_inference_steps=run.steps,
-                               **extra, **common)  # fmt: skip
+        return resolve_options(
+            manifest, prompt, hints=hints, scheduler=run.sampler, num_inference_steps=run.steps, **extra, **common
+        )
     except UsageError as e:
         raise UsageError(f"--samplers {run.label}: {e}") from None
 
@@ -111,8 +112,15 @@ class CountingBackend:
         return out
 
 
-def _runner(pipe: Any, counter: CountingBackend, o: GenerateOptions, x0: np.ndarray, clock: Clock, label: str,
-            progress: Progress) -> Callable[[], dict[str, Any]]:  # fmt: skip
+def _runner(
+    pipe: Any,
+    counter: CountingBackend,
+    o: GenerateOptions,
+    x0: np.ndarray,
+    clock: Clock,
+    label: str,
+    progress: Progress,
+) -> Callable[[], dict[str, Any]]:
     from t2vrt.benchmark.run import _run_once
 
     neg = o.negative_prompt if o.guided else None
@@ -135,12 +143,15 @@ def _runner(pipe: Any, counter: CountingBackend, o: GenerateOptions, x0: np.ndar
             return pipe.denoise(x0.copy(), emb[0], emb[1], o, rng, both)  # type: ignore[no-any-return]
 
         counter.take()
-        figures = _run_once(lambda: pipe.encode(o.prompt, neg), denoise, lambda lat: pipe.decode(lat, o.vae_chunk),
-                            o, clock)  # fmt: skip
+        figures = _run_once(
+            lambda: pipe.encode(o.prompt, neg), denoise, lambda lat: pipe.decode(lat, o.vae_chunk), o, clock
+        )
         c = counter.take()
-        progress(f"{label}: text encode {figures['text_encode']:.2f} s, denoise {figures['denoise']:.2f} s, decode "
-                 f"{figures['decode']:.2f} s, end to end {figures['end_to_end']:.2f} s; UNet calls/passes "
-                 f"{c['calls']}/{c['passes']}")  # fmt: skip
+        progress(
+            f"{label}: text encode {figures['text_encode']:.2f} s, denoise {figures['denoise']:.2f} s, decode "
+            f"{figures['decode']:.2f} s, end to end {figures['end_to_end']:.2f} s; UNet calls/passes "
+            f"{c['calls']}/{c['passes']}"
+        )
         return {**figures, "unet_calls": c["calls"], "unet_passes": c["passes"]}
 
     return run
@@ -150,8 +161,11 @@ def dominant(figures: dict[str, Any]) -> dict[str, Any]:
     """The stage with the largest mean share of end to end."""
     e2e = figures["end_to_end"]["mean"]
     stage = max(STAGES, key=lambda k: figures[k]["mean"])
-    return {"stage": stage, "share": figures[stage]["mean"] / e2e if e2e > 0 else None,
-            "shares": {k: figures[k]["mean"] / e2e if e2e > 0 else None for k in STAGES}}  # fmt: skip
+    return {
+        "stage": stage,
+        "share": figures[stage]["mean"] / e2e if e2e > 0 else None,
+        "shares": {k: figures[k]["mean"] / e2e if e2e > 0 else None for k in STAGES},
+    }
 
 
 def run_compare(opts: Any, progress: Progress = lambda s: None) -> dict[str, Any]:
@@ -187,13 +201,18 @@ def run_compare(opts: Any, progress: Progress = lambda s: None) -> dict[str, Any
             steps = min(opts.warmup_steps or o.num_inference_steps, o.num_inference_steps)
             warm = _runner(pipe, counter, replace(o, num_inference_steps=steps), x0, clock, f"{k} warm-up", progress)
             for i in range(opts.warmup):
-                progress(f"{k}: warm-up {i + 1}/{opts.warmup} ({steps} steps)" + (" measuring memory" if i == 0 else ""))
+                progress(
+                    f"{k}: warm-up {i + 1}/{opts.warmup} ({steps} steps)" + (" measuring memory" if i == 0 else "")
+                )
                 if i == 0:
                     with MemorySampler(device=on_gpu) as m:
                         w = warm()
                     assert m.peaks is not None
-                    memory[k] = {**m.peaks.to_json(), "host_rss_added_bytes": m.peaks.host_rss_peak - rss_loaded,
-                                 "warmup_steps": steps}  # fmt: skip
+                    memory[k] = {
+                        **m.peaks.to_json(),
+                        "host_rss_added_bytes": m.peaks.host_rss_peak - rss_loaded,
+                        "warmup_steps": steps,
+                    }
                     warm_counts[k] = {"calls": w["unet_calls"], "passes": w["unet_passes"]}
                 else:
                     warm()
@@ -210,26 +229,56 @@ def run_compare(opts: Any, progress: Progress = lambda s: None) -> dict[str, Any
             raise RuntimeError(f"{k}: UNet calls differ between runs: {calls}, {passes}")
         figures = _summaries(s, o)
         contenders[k] = {
-            "figures": figures, "samples": s, "memory": memory[k],
-            "sampler": {"name": o.scheduler, "steps": o.num_inference_steps, "guidance_scale": o.guidance_scale,
-                        "guided": o.guided, "guidance_batch": batch[k], "negative_prompt": o.negative_prompt},
+            "figures": figures,
+            "samples": s,
+            "memory": memory[k],
+            "sampler": {
+                "name": o.scheduler,
+                "steps": o.num_inference_steps,
+                "guidance_scale": o.guidance_scale,
+                "guided": o.guided,
+                "guidance_batch": batch[k],
+                "negative_prompt": o.negative_prompt,
+            },
             "unet": {"calls": calls[0], "passes": passes[0], "warmup_calls": warm_counts[k]["calls"]},
             "dominant_stage": dominant(figures),
-        }  # fmt: skip
+        }
     labels = list(contenders)
     ref = contenders[labels[0]]["figures"]
     record: dict[str, Any] = {
-        "benchmark": "t2vrt bench --samplers", "date": report.stamp(), "machine": report.machine_info(),
-        "versions": report.versions(), "bundle": bundle_identity(manifest),
-        "shapes": {"frames": first.num_frames, "height": first.height, "width": first.width, "latents": list(shape),
-                   "vae_chunk": first.vae_chunk, "samplers": labels},
-        "settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()}, "clock": clock.name,
-                     "load_average_1min": {"start": load_start[0], "end": os.getloadavg()[0]}},
-        "ours": f"t2vrt-{backend_name}", "backend": backend_name, "precision": precision, "selection": selection,
-        "samplers": labels, "contenders": contenders,
-        "ratios": {k: {f: ref[f]["mean"] / c["figures"][f]["mean"] for f in ("denoise", "end_to_end")
-                       if c["figures"][f]["mean"] > 0} for k, c in contenders.items()},
-    }  # fmt: skip
+        "benchmark": "t2vrt bench --samplers",
+        "date": report.stamp(),
+        "machine": report.machine_info(),
+        "versions": report.versions(),
+        "bundle": bundle_identity(manifest),
+        "shapes": {
+            "frames": first.num_frames,
+            "height": first.height,
+            "width": first.width,
+            "latents": list(shape),
+            "vae_chunk": first.vae_chunk,
+            "samplers": labels,
+        },
+        "settings": {
+            **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
+            "clock": clock.name,
+            "load_average_1min": {"start": load_start[0], "end": os.getloadavg()[0]},
+        },
+        "ours": f"t2vrt-{backend_name}",
+        "backend": backend_name,
+        "precision": precision,
+        "selection": selection,
+        "samplers": labels,
+        "contenders": contenders,
+        "ratios": {
+            k: {
+                f: ref[f]["mean"] / c["figures"][f]["mean"]
+                for f in ("denoise", "end_to_end")
+                if c["figures"][f]["mean"] > 0
+            }
+            for k, c in contenders.items()
+        },
+    }
     return record
 
 
@@ -266,9 +315,11 @@ def rows(record: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 def summary(record: dict[str, Any]) -> str:
     s = record["shapes"]
-    head = (f"{record['bundle']['model']}: {s['frames']} frames {s['width']}x{s['height']}, "
-            f"{record['backend']} ({record['precision']}), mean of {record['settings']['repeat']} run(s); "
-            f"{record['settings']['clock']}")  # fmt: skip
+    head = (
+        f"{record['bundle']['model']}: {s['frames']} frames {s['width']}x{s['height']}, "
+        f"{record['backend']} ({record['precision']}), mean of {record['settings']['repeat']} run(s); "
+        f"{record['settings']['clock']}"
+    )
     header, body = rows(record)
     return head + "\n" + report.table(body, header)
 
@@ -277,7 +328,8 @@ def markdown(record: dict[str, Any]) -> str:
     s, m, v = record["shapes"], record["machine"], record["versions"]
     header, body = rows(record)
     lines = [
-        f"# t2vrt bench --samplers {','.join(record['samplers'])}, {record['date']}", "",
+        f"# t2vrt bench --samplers {','.join(record['samplers'])}, {record['date']}",
+        "",
         f"Bundle: {record['bundle']['model']} ({record['bundle']['path']}, manifest sha256 "
         f"{record['bundle']['manifest_sha256'][:12]}), {record['backend']} {record['precision']}.",
         f"Machine: {m['cpu']}, {m['physical_cores']} cores, {m['ram_bytes'] / 2**30:.0f} GiB RAM; 1-minute load "
@@ -287,15 +339,22 @@ def markdown(record: dict[str, Any]) -> str:
         f"Shapes: {s['frames']} frames {s['width']}x{s['height']} (latents {s['latents']}), one video, same prompt "
         f"and initial latents; {record['settings']['warmup']} warm-up run(s) per sampler "
         f"({'full length' if not record['settings'].get('warmup_steps') else str(record['settings']['warmup_steps']) + ' step(s)'}"
-        f", where memory is sampled), then {record['settings']['repeat']} timed run(s), alternating.", "",
-        "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-        *("| " + " | ".join(r) + " |" for r in body), "",
+        f", where memory is sampled), then {record['settings']['repeat']} timed run(s), alternating.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(r) + " |" for r in body),
+        "",
         "UNet passes count videos through the UNet (a guided step at guidance batch 2 is one call carrying two).",
-    ]  # fmt: skip
+    ]
     for k, c in record["contenders"].items():
         steps = c["samples"]["unet_step"]
-        lines.append(f"{k}: UNet step times (s) " + ", ".join(f"{t:.2f}" for t in steps[:60])
-                     + (" ..." if len(steps) > 60 else "") + ".")  # fmt: skip
+        lines.append(
+            f"{k}: UNet step times (s) "
+            + ", ".join(f"{t:.2f}" for t in steps[:60])
+            + (" ..." if len(steps) > 60 else "")
+            + "."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -305,4 +364,3 @@ def write_markdown(path: Path, record: dict[str, Any]) -> Path:
     with staged_file(path, ".md", "--out") as tmp:
         tmp.write_text(markdown(record))
     return path
-

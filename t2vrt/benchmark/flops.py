@@ -113,10 +113,12 @@ def _ort_matmul(n: int, threads: int | None):  # -> a zero-argument callable run
     rng = np.random.default_rng(1)
     w = numpy_helper.from_array(rng.standard_normal((n, n), dtype=np.float32), "w")
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["a", "w"], ["c"])], "gemm",
+        [helper.make_node("MatMul", ["a", "w"], ["c"])],
+        "gemm",
         [helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n])],
-        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])], initializer=[w],
-    )  # fmt: skip
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
+        initializer=[w],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     opts = ort.SessionOptions()
     if threads:

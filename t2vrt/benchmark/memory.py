@@ -120,4 +120,6 @@ class MemorySampler:
         if self._thread is not None:
             self._thread.join()
         self._sample()
-        self.peaks = MemoryPeaks(self._rss_peak, self._rss_start, self._dev_peak, self._dev_start, self._source, self._n)
+        self.peaks = MemoryPeaks(
+            self._rss_peak, self._rss_start, self._dev_peak, self._dev_start, self._source, self._n
+        )

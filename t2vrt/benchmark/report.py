@@ -39,12 +39,14 @@ def gpu_info() -> list[dict[str, Any]]:
         for i in range(pynvml.nvmlDeviceGetCount()):
             h = pynvml.nvmlDeviceGetHandleByIndex(i)
             name = pynvml.nvmlDeviceGetName(h)
-            out.append({
-                "index": i,
-                "name": name.decode() if isinstance(name, bytes) else name,
-                "memory_bytes": int(pynvml.nvmlDeviceGetMemoryInfo(h).total),
-                "driver": driver.decode() if isinstance(driver, bytes) else driver,
-            })
+            out.append(
+                {
+                    "index": i,
+                    "name": name.decode() if isinstance(name, bytes) else name,
+                    "memory_bytes": int(pynvml.nvmlDeviceGetMemoryInfo(h).total),
+                    "driver": driver.decode() if isinstance(driver, bytes) else driver,
+                }
+            )
         return out
     except Exception:  # no nvidia-ml-py, no driver: no GPU to describe
         return []
@@ -174,8 +176,13 @@ def plot_stages(path: Path, stages: Mapping[str, Mapping[str, float | None]], ti
         bars = ax.barh(ys, xs, height=height, label=c)
         for bar, x in zip(bars, xs):
             if x > 0:
-                ax.text(x, bar.get_y() + bar.get_height() / 2, f" {x:,.0f}" if x >= 10 else f" {x:.2f}",
-                        va="center", fontsize=7)
+                ax.text(
+                    x,
+                    bar.get_y() + bar.get_height() / 2,
+                    f" {x:,.0f}" if x >= 10 else f" {x:.2f}",
+                    va="center",
+                    fontsize=7,
+                )
     ax.set_yticks([i + height * (len(contenders) - 1) / 2 for i in range(len(figs))])
     ax.set_yticklabels(figs)
     ax.invert_yaxis()

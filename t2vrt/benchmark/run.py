@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +52,10 @@ class BenchOptions:
         if self.baseline not in BASELINES:
             raise UsageError(f"--baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}")
         if self.samplers is not None and self.baseline != "none":
-            raise UsageError("--samplers compares t2vrt's samplers on one bundle and runs no PyTorch baseline: "
-                             "leave --baseline unset or none")  # fmt: skip
+            raise UsageError(
+                "--samplers compares t2vrt's samplers on one bundle and runs no PyTorch baseline: "
+                "leave --baseline unset or none"
+            )
         if self.samplers is not None and self.steps is not None:
             raise UsageError("--steps does not go with --samplers: give each sampler's steps there (ddim:50,lcm:4)")
         if self.samplers is not None:
@@ -90,12 +93,18 @@ def _run_once(encode, denoise, decode, o: GenerateOptions, clock: Clock) -> dict
     m2 = clock.mark()
     decode(lat)
     m3 = clock.mark()
-    steps = [clock.elapsed(a, b) for a, b in zip(marks, marks[1:])]
+    steps = [clock.elapsed(a, b) for a, b in pairwise(marks)]
     dec = clock.elapsed(m2, m3)
     if hasattr(clock, "reset"):
         clock.reset()  # type: ignore[attr-defined]
-    return {"text_encode": clock.elapsed(m0, m1), "unet_step": steps, "denoise": sum(steps), "decode": dec,
-            "decode_per_frame": dec / o.num_frames, "end_to_end": clock.elapsed(m0, m3)}  # fmt: skip
+    return {
+        "text_encode": clock.elapsed(m0, m1),
+        "unet_step": steps,
+        "denoise": sum(steps),
+        "decode": dec,
+        "decode_per_frame": dec / o.num_frames,
+        "end_to_end": clock.elapsed(m0, m3),
+    }
 
 
 def _t2vrt_runner(pipe, o: GenerateOptions, x0: np.ndarray, clock: Clock) -> Callable[[], dict[str, Any]]:
@@ -107,20 +116,24 @@ def _t2vrt_runner(pipe, o: GenerateOptions, x0: np.ndarray, clock: Clock) -> Cal
             lambda: pipe.encode(o.prompt, neg),
             lambda emb, cb: pipe.denoise(x0.copy(), emb[0], emb[1], o, rng, cb),
             lambda lat: pipe.decode(lat, o.vae_chunk),
-            o, clock,
-        )  # fmt: skip
+            o,
+            clock,
+        )
 
     return run
 
 
-def _torch_runner(base, tokens: np.ndarray, o: GenerateOptions, x0: np.ndarray, clock: Clock) -> Callable[[], dict[str, Any]]:
+def _torch_runner(
+    base, tokens: np.ndarray, o: GenerateOptions, x0: np.ndarray, clock: Clock
+) -> Callable[[], dict[str, Any]]:
     def run() -> dict[str, Any]:
         return _run_once(
             lambda: base.encode(tokens),
             lambda emb, cb: base.denoise(x0, emb, o, cb),
             lambda lat: base.decode(lat, o.vae_chunk),
-            o, clock,
-        )  # fmt: skip
+            o,
+            clock,
+        )
 
     return run
 
@@ -168,9 +181,15 @@ def run_bench(opts: BenchOptions, progress: Progress = lambda s: None) -> dict[s
     try:
         on_gpu = pipe.backend.name != "onnxruntime-cpu"
         o = resolve_options(
-            manifest, PROMPT, hints=pipe.backend.hints(), num_frames=opts.frames, height=opts.height, width=opts.width,
-            num_inference_steps=opts.steps, seed=opts.seed,
-        )  # fmt: skip
+            manifest,
+            PROMPT,
+            hints=pipe.backend.hints(),
+            num_frames=opts.frames,
+            height=opts.height,
+            width=opts.width,
+            num_inference_steps=opts.steps,
+            seed=opts.seed,
+        )
         shape = manifest.model.latent_shape(o.num_frames, o.height, o.width)
         x0 = np.random.default_rng(o.seed).standard_normal(shape, np.float32)
         clock = device_clock(on_gpu)
@@ -198,7 +217,9 @@ def run_bench(opts: BenchOptions, progress: Progress = lambda s: None) -> dict[s
             try:
                 from t2vrt.benchmark.baseline import TorchBaseline
             except ImportError as e:
-                raise UsageError(f"--baseline torch needs torch and t2vrt's models (pip install 't2vrt[export]'): {e}") from None
+                raise UsageError(
+                    f"--baseline torch needs torch and t2vrt's models (pip install 't2vrt[export]'): {e}"
+                ) from None
             rss1 = rss_bytes()
             device = "cuda" if on_gpu else "cpu"
             progress(f"loading the PyTorch eager baseline on {device}")
@@ -217,14 +238,25 @@ def run_bench(opts: BenchOptions, progress: Progress = lambda s: None) -> dict[s
     }
     contenders[ours].update(backend=pipe.backend.name, precision=pipe.backend.precision, selection=pipe.selection_note)
     record: dict[str, Any] = {
-        "benchmark": "t2vrt bench", "date": report.stamp(), "machine": report.machine_info(), "versions": report.versions(),
+        "benchmark": "t2vrt bench",
+        "date": report.stamp(),
+        "machine": report.machine_info(),
+        "versions": report.versions(),
         "bundle": bundle_identity(manifest),
-        "shapes": {"frames": o.num_frames, "height": o.height, "width": o.width, "steps": o.num_inference_steps,
-                   "guidance_scale": o.guidance_scale, "guidance_batch": o.guidance_batch, "vae_chunk": o.vae_chunk,
-                   "latents": list(shape)},
+        "shapes": {
+            "frames": o.num_frames,
+            "height": o.height,
+            "width": o.width,
+            "steps": o.num_inference_steps,
+            "guidance_scale": o.guidance_scale,
+            "guidance_batch": o.guidance_batch,
+            "vae_chunk": o.vae_chunk,
+            "latents": list(shape),
+        },
         "settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()}, "clock": clock.name},
-        "ours": ours, "contenders": contenders,
-    }  # fmt: skip
+        "ours": ours,
+        "contenders": contenders,
+    }
     if base is not None:
         ref = contenders[base.name]["figures"]
         mine = contenders[ours]["figures"]
@@ -235,13 +267,21 @@ def run_bench(opts: BenchOptions, progress: Progress = lambda s: None) -> dict[s
 
 def missing_figures(record: dict[str, Any]) -> list[str]:
     """What a complete record lacks (empty when every figure is there): the CI smoke check, no timing asserted."""
-    missing = [k for k in ("date", "machine", "versions", "bundle", "shapes", "settings", "contenders") if k not in record]
+    missing = [
+        k for k in ("date", "machine", "versions", "bundle", "shapes", "settings", "contenders") if k not in record
+    ]
     stat_keys = ("n", "mean", "p50", "p95", "min", "max", "stdev")
     for name, c in record.get("contenders", {}).items():
         figs = c.get("figures", {})
         missing += [f"{name}.{k}.{s}" for k in FIGURES for s in stat_keys if s not in figs.get(k, {})]
-        missing += [f"{name}.throughput.{k}" for k in ("frames_per_s", "videos_per_min") if k not in figs.get("throughput", {})]
-        missing += [f"{name}.memory.{k}" for k in ("host_rss_peak_bytes", "host_rss_added_bytes") if k not in c.get("memory", {})]
+        missing += [
+            f"{name}.throughput.{k}" for k in ("frames_per_s", "videos_per_min") if k not in figs.get("throughput", {})
+        ]
+        missing += [
+            f"{name}.memory.{k}"
+            for k in ("host_rss_peak_bytes", "host_rss_added_bytes")
+            if k not in c.get("memory", {})
+        ]
     if "manifest_sha256" not in record.get("bundle", {}):
         missing.append("bundle.manifest_sha256")
     return missing
@@ -255,8 +295,13 @@ def _threads() -> int:
 
 def stage_means(record: dict[str, Any]) -> dict[str, dict[str, float | None]]:
     """figure -> contender -> mean seconds, for the table and the plot."""
-    labels = {"text_encode": "text encode", "unet_step": "UNet step", "decode": "VAE decode",
-              "decode_per_frame": "VAE decode / frame", "end_to_end": "end to end"}  # fmt: skip
+    labels = {
+        "text_encode": "text encode",
+        "unet_step": "UNet step",
+        "decode": "VAE decode",
+        "decode_per_frame": "VAE decode / frame",
+        "end_to_end": "end to end",
+    }
     return {label: {n: c["figures"][k]["mean"] for n, c in record["contenders"].items()} for k, label in labels.items()}
 
 
@@ -264,7 +309,9 @@ def write_outputs(record: dict[str, Any], out_dir: Path, plot: bool = True) -> d
     """<out>/bench-<model>-<backend>-<date>.json (+ .png): the paths written."""
     stamp = record["date"].replace(":", "").replace("-", "")
     kind = "-samplers" if "samplers" in record else ""  # bench --samplers: also a markdown table
-    base = report.free_name(out_dir / f"bench-{record['bundle']['model']}-{record['ours'].removeprefix('t2vrt-')}{kind}-{stamp}.json")
+    base = report.free_name(
+        out_dir / f"bench-{record['bundle']['model']}-{record['ours'].removeprefix('t2vrt-')}{kind}-{stamp}.json"
+    )
     base = base.with_suffix("")
     paths = {"json": report.write_json(base.with_suffix(".json"), record)}
     if kind:
@@ -275,8 +322,10 @@ def write_outputs(record: dict[str, Any], out_dir: Path, plot: bool = True) -> d
         try:
             s = record["shapes"]
             steps = " vs ".join(record["samplers"]) if kind else f"{s['steps']} steps"
-            title = (f"{record['bundle']['model']}: {s['frames']} frames {s['width']}x{s['height']}, {steps} "
-                     f"(mean of {record['settings']['repeat']})")  # fmt: skip
+            title = (
+                f"{record['bundle']['model']}: {s['frames']} frames {s['width']}x{s['height']}, {steps} "
+                f"(mean of {record['settings']['repeat']})"
+            )
             paths["png"] = report.plot_stages(base.with_suffix(".png"), stage_means(record), title)
         except ImportError:
             pass  # matplotlib is the `bench` extra; the JSON has every figure
