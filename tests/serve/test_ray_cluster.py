@@ -3,23 +3,17 @@ the tiny bundle, the real server process in front. Jobs spread over both replica
 and its GPU), a replica killed mid-job costs that job one retry, a second death fails it with the reason, and a
 kill -9 of the server resumes from the store. Every wait polls with a deadline; the cluster is stopped at the end.
 
-The tests of this module share one cluster and one server, in file order (the last one kills both replicas).
+The tests of this module share one cluster and one server, in file order (the last one kills both replicas);
+autoscaling has its own cluster (test_ray_autoscale.py).
 """
 
 from __future__ import annotations
 
-import collections
 import itertools
-import json
 import os
-import re
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -28,9 +22,9 @@ from t2vrt.serve.process import ServerProcess, wait_for
 
 pytest.importorskip("ray.serve", reason="the ray extra is not installed")
 
-from t2vrt.serve.ray_cluster import LocalCluster
+from ray_helpers import completions, running_on, submit, wait_all
 
-DONE = ("completed", "failed")
+from t2vrt.serve.ray_cluster import LocalCluster
 
 
 @pytest.fixture(scope="module")
@@ -62,69 +56,6 @@ def server(cluster: LocalCluster, tiny_bundle: Path, tmp_path_factory: pytest.Te
 def http(server: ServerProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=30) as c:
         yield c
-
-
-def submit(http: httpx.Client, n: int, steps: int, models: tuple[str, ...] = ("tiny",)) -> list[str]:
-    def one(seed: int) -> str:
-        body = {"prompt": f"a cat {seed}", "steps": steps, "seed": seed, "model": models[seed % len(models)]}
-        r = http.post("/v1/videos", json=body)
-        assert r.status_code == 200, r.text
-        return str(r.json()["id"])
-
-    with ThreadPoolExecutor(n) as pool:  # n clients at once
-        return list(pool.map(one, range(n)))
-
-
-def video(http: httpx.Client, vid: str) -> dict[str, Any]:
-    r = http.get(f"/v1/videos/{vid}")
-    assert r.status_code == 200, r.text
-    return dict(r.json())
-
-
-def wait_all(http: httpx.Client, ids: list[str], timeout: float = 300) -> list[dict[str, Any]]:
-    """Deadlines are generous upper bounds (a shared 2-core CI machine can be 10x slower than a quiet one)."""
-    def check() -> list[dict[str, Any]] | None:
-        vs = [video(http, v) for v in ids]
-        return vs if all(v["status"] in DONE for v in vs) else None
-
-    return wait_for(check, timeout, interval=0.2, what=f"{len(ids)} jobs to finish")
-
-
-def running_on(http: httpx.Client, vid: str, not_replica: str | None = None, step: int = 1) -> dict[str, Any] | None:
-    """The live replica info of `vid` once it has made `step` steps there (on another replica than `not_replica`)."""
-    v = video(http, vid)
-    live = v["t2vrt"].get("live") or {}
-    where = live.get("replica")
-    if v["status"] == "in_progress" and where and where["id"] != not_replica and live.get("step", 0) >= step:
-        return dict(where)
-    return None
-
-
-def serve_state(cluster: LocalCluster) -> dict[str, Any]:
-    """The VideoGenerator deployment as Serve sees it (replica states, status, message) and the cluster's free
-    resources, asked from a separate driver process (so this test process never joins the cluster)."""
-    code = (f"import json, ray; from ray import serve; ray.init(address={cluster.address!r}, logging_level='error', "
-            "log_to_driver=False); d = serve.status().applications['t2vrt'].deployments['VideoGenerator']; "
-            "print(json.dumps({'replicas': {str(getattr(s, 'value', s)): n for s, n in d.replica_states.items()}, "
-            "'status': str(getattr(d.status, 'value', d.status)), 'message': d.message, "
-            "'available': ray.available_resources()}))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
-
-
-def free_gpus(cluster: LocalCluster) -> float:
-    code = (f"import ray; ray.init(address={cluster.address!r}, logging_level='error', log_to_driver=False); "
-            "print(ray.available_resources().get('GPU', 0))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
-
-
-def running_replicas(cluster: LocalCluster) -> int:
-    return int(serve_state(cluster)["replicas"].get("RUNNING", 0))
-
-
-def completions(log: str) -> collections.Counter[str]:
-    return collections.Counter(re.findall(r"completed (video_[0-9a-f]+) in", log))
 
 
 def test_jobs_spread_over_both_replicas_one_at_a_time(http: httpx.Client) -> None:
@@ -228,34 +159,3 @@ def test_second_replica_death_fails_the_job_with_the_reason(server: ServerProces
     msg = v["error"]["message"]
     assert "died 2 times" in msg and first["id"] in msg and second["id"] in msg, msg
     assert "\n" not in msg
-
-
-def test_autoscaling_between_bounds(server: ServerProcess, cluster: LocalCluster, tiny_bundle: Path) -> None:
-    """Last: the module's server stops (SIGTERM: drained, its application deleted) and one with --replicas 1:2 takes
-    over the same store; it starts with one replica and gets a second while jobs wait."""
-    assert server.stop(timeout=60) == 0, server.log[-2000:]
-    wait_for(lambda: free_gpus(cluster) == 2, 90, interval=1, what="both GPUs free once the application is deleted")
-    state = Path(server.args[server.args.index("--state") + 1])
-    auto = ServerProcess([f"tiny={tiny_bundle}"], state, "--ray", cluster.address, "--replicas", "1:2",
-                         "--replica-cpus", "1")
-    auto.start(timeout=240)
-    try:
-        assert "1..2 replicas (autoscaling)" in auto.log
-        assert running_replicas(cluster) == 1  # initial_replicas: one, before any job
-        seen: list[str] = []
-        with httpx.Client(base_url=auto.url, timeout=30) as http:
-
-            def two_replicas() -> bool:
-                vs = wait_all(http, submit(http, 2, steps=20))
-                assert all(v["status"] == "completed" for v in vs), [v["error"] for v in vs]
-                seen.extend(v["t2vrt"]["replica"]["id"] for v in vs)
-                return len(set(seen)) == 2
-
-            try:
-                wait_for(two_replicas, 240, interval=0, what="Serve to add a second replica")
-            except TimeoutError as e:
-                raise AssertionError(f"{e}; replicas seen {seen}; Serve: {serve_state(cluster)}") from None
-        assert running_replicas(cluster) == 2
-        assert auto.stop(timeout=60) == 0
-    finally:
-        auto.kill()
