@@ -55,8 +55,9 @@ def run_jobs(c: httpx.Client, n: int, steps: int, timeout: float) -> tuple[float
     return wall, vs
 
 
-def measure(cluster: LocalCluster, bundle: Path, replicas: int, cpus: float, jobs: int, steps: int,
-            state: Path) -> dict[str, Any]:
+def measure(
+    cluster: LocalCluster, bundle: Path, replicas: int, cpus: float, jobs: int, steps: int, state: Path
+) -> dict[str, Any]:
     args = ["--ray", cluster.address, "--replicas", str(replicas), "--replica-cpus", f"{cpus:g}"]
     with ServerProcess([f"tiny={bundle}"], state, *args) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
         loaded: set[str] = set()
@@ -72,9 +73,17 @@ def measure(cluster: LocalCluster, bundle: Path, replicas: int, cpus: float, job
         per_replica[rid] = per_replica.get(rid, 0) + 1
     run_s = [v["t2vrt"]["replica"]["ran_at"][1] - v["t2vrt"]["replica"]["ran_at"][0] for v in vs]
     step_s = [v["t2vrt"]["timings"]["step"] for v in vs]
-    return {"replicas": replicas, "cpus_per_replica": cpus, "jobs": jobs, "steps": steps, "wall_s": round(wall, 3),
-            "jobs_per_min": round(60 * jobs / wall, 2), "job_run_s_median": round(statistics.median(run_s), 3),
-            "step_s_median": round(statistics.median(step_s), 4), "jobs_per_replica": per_replica}
+    return {
+        "replicas": replicas,
+        "cpus_per_replica": cpus,
+        "jobs": jobs,
+        "steps": steps,
+        "wall_s": round(wall, 3),
+        "jobs_per_min": round(60 * jobs / wall, 2),
+        "job_run_s_median": round(statistics.median(run_s), 3),
+        "step_s_median": round(statistics.median(step_s), 4),
+        "jobs_per_replica": per_replica,
+    }
 
 
 def main() -> int:
@@ -106,23 +115,37 @@ def main() -> int:
     import ray
 
     end_load = os.getloadavg()[0]
-    record = {"benchmark": "serve_ray", "started": started, "finished": report.stamp(), "machine": machine,
-              "load_average_end": end_load,
-              "versions": {**report.versions(), "ray": ray.__version__}, "bundle": "tiny (embedded test model)",
-              "cluster": "ray start --head --num-cpus 2 --num-gpus 2 (logical GPUs), CPU replicas, ONNX Runtime",
-              "results": rows}  # fmt: skip
+    record = {
+        "benchmark": "serve_ray",
+        "started": started,
+        "finished": report.stamp(),
+        "machine": machine,
+        "load_average_end": end_load,
+        "versions": {**report.versions(), "ray": ray.__version__},
+        "bundle": "tiny (embedded test model)",
+        "cluster": "ray start --head --num-cpus 2 --num-gpus 2 (logical GPUs), CPU replicas, ONNX Runtime",
+        "results": rows,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     name = f"serve_ray-{started.replace('-', '').replace(':', '')}"
     (args.out / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
-    lines = [f"# {name}", "", f"{machine['cpu']}, {machine['logical_cores']} logical cores, "
-             f"{machine['ram_bytes'] / 2**30:.0f} GiB; load average {machine['load_average'][0]:.1f} at the start, "
-             f"{end_load:.1f} at the end; ray {ray.__version__}.", "",
-             "| replicas | CPUs each | jobs | wall (s) | jobs/min | vs 1x1 | job run, median (s) | step, median (s) "
-             "| jobs per replica |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# {name}",
+        "",
+        f"{machine['cpu']}, {machine['logical_cores']} logical cores, "
+        f"{machine['ram_bytes'] / 2**30:.0f} GiB; load average {machine['load_average'][0]:.1f} at the start, "
+        f"{end_load:.1f} at the end; ray {ray.__version__}.",
+        "",
+        "| replicas | CPUs each | jobs | wall (s) | jobs/min | vs 1x1 | job run, median (s) | step, median (s) "
+        "| jobs per replica |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['replicas']} | {r['cpus_per_replica']:g} | {r['jobs']} | {r['wall_s']:.1f} | "
-                     f"{r['jobs_per_min']:.1f} | {r['vs_1_replica_1_cpu']:.2f}x | {r['job_run_s_median']:.2f} | "
-                     f"{r['step_s_median']:.3f} | {sorted(r['jobs_per_replica'].values())} |")
+        lines.append(
+            f"| {r['replicas']} | {r['cpus_per_replica']:g} | {r['jobs']} | {r['wall_s']:.1f} | "
+            f"{r['jobs_per_min']:.1f} | {r['vs_1_replica_1_cpu']:.2f}x | {r['job_run_s_median']:.2f} | "
+            f"{r['step_s_median']:.3f} | {sorted(r['jobs_per_replica'].values())} |"
+        )
     (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

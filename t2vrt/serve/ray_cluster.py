@@ -49,17 +49,37 @@ class LocalCluster:
         self.tmp = Path(tempfile.mkdtemp(prefix="t2r-"))
         port = free_port()
         ray = str(Path(sys.executable).with_name("ray"))
-        cmd = [ray, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
-               "--num-cpus", str(self.cpus), "--num-gpus", str(self.gpus),
-               "--object-store-memory", str(self.object_store_mb << 20), "--include-dashboard", "false",
-               "--dashboard-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
-               "--ray-client-server-port", str(free_port()), "--temp-dir", str(self.tmp / "r"),
-               "--disable-usage-stats"]  # fmt: skip
+        cmd = [
+            ray,
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num-cpus",
+            str(self.cpus),
+            "--num-gpus",
+            str(self.gpus),
+            "--object-store-memory",
+            str(self.object_store_mb << 20),
+            "--include-dashboard",
+            "false",
+            "--dashboard-port",
+            str(free_port()),
+            "--dashboard-agent-listen-port",
+            str(free_port()),
+            "--ray-client-server-port",
+            str(free_port()),
+            "--temp-dir",
+            str(self.tmp / "r"),
+            "--disable-usage-stats",
+        ]
         # SIGTERM stops at once (no 30 s node drain); no usage reports
         env = {**os.environ, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", "RAY_USAGE_STATS_ENABLED": "0"}
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
         end = time.monotonic() + timeout
         while _READY not in self.log():
             if self.proc.poll() is not None or time.monotonic() > end:

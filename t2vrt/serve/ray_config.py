@@ -36,10 +36,16 @@ class RayOptions:
             return {"num_replicas": self.replicas}
         # target 1 ongoing request: one more replica for every job waiting, up to max; down after a quiet minute
         # (one replica starts warm even when the lower bound is 0)
-        return {"autoscaling_config": {
-            "min_replicas": self.replicas, "max_replicas": self.max_replicas, "initial_replicas": max(1, self.replicas),
-            "target_ongoing_requests": 1.0, "upscale_delay_s": 5.0, "downscale_delay_s": 60.0,
-        }}  # fmt: skip
+        return {
+            "autoscaling_config": {
+                "min_replicas": self.replicas,
+                "max_replicas": self.max_replicas,
+                "initial_replicas": max(1, self.replicas),
+                "target_ongoing_requests": 1.0,
+                "upscale_delay_s": 5.0,
+                "downscale_delay_s": 60.0,
+            }
+        }
 
     def actor_options(self) -> dict[str, Any]:
         return {"num_gpus": self.gpus_per_replica, "num_cpus": self.cpus_per_replica}

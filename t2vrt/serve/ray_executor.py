@@ -36,7 +36,11 @@ log = logging.getLogger("t2vrt.serve")
 
 # what a replica's death looks like to the caller of a streaming handle
 REPLICA_LOST: tuple[type[BaseException], ...] = (
-    rex.RayActorError, rex.WorkerCrashedError, rex.NodeDiedError, rex.ObjectLostError, rex.OutOfMemoryError,
+    rex.RayActorError,
+    rex.WorkerCrashedError,
+    rex.NodeDiedError,
+    rex.ObjectLostError,
+    rex.OutOfMemoryError,
     ReplicaUnavailableError,
 )
 TRIES = 2  # a job is sent to a replica at most twice
@@ -71,15 +75,18 @@ def connect(address: str | None) -> None:
         found = "" if target == address else f" at {target}"
         if address in (None, "auto"):
             found += " (from RAY_ADDRESS or the last `ray start` here)"
-        raise UsageError(f"{f'--ray {address}' if address else '--ray'}: no Ray cluster{found or ' there'} "
-                         f"({problem}); start one with "
-                         f"`ray start --head`, or point --ray at a running one")
+        raise UsageError(
+            f"{f'--ray {address}' if address else '--ray'}: no Ray cluster{found or ' there'} "
+            f"({problem}); start one with "
+            f"`ray start --head`, or point --ray at a running one"
+        )
     try:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
-                 namespace="t2vrt")
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, namespace="t2vrt")
     except ConnectionError as e:
-        raise UsageError(f"--ray {address}: no Ray cluster there ({_first_line(e)}); start one with "
-                         f"`ray start --head` or omit the address") from None
+        raise UsageError(
+            f"--ray {address}: no Ray cluster there ({_first_line(e)}); start one with "
+            f"`ray start --head` or omit the address"
+        ) from None
     for name in ("ray", "ray.serve"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -110,22 +117,37 @@ def _unreachable(address: str | None, timeout: float = 5.0) -> str | None:
 
 
 class RayExecutor:
-    def __init__(self, manifests: dict[str, Manifest], handle: Any, options: RayOptions,
-                 on_start: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+    def __init__(
+        self,
+        manifests: dict[str, Manifest],
+        handle: Any,
+        options: RayOptions,
+        on_start: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
         self._described = LocalExecutor({name: _Described(m) for name, m in manifests.items()})  # never run
         self._handle = handle
         self.options = options
         self._on_start = on_start
 
     @classmethod
-    def start(cls, bundles: dict[str, Path], backend: str, o: RayOptions,
-              on_start: Callable[[str, dict[str, Any]], None] | None = None) -> RayExecutor:
+    def start(
+        cls,
+        bundles: dict[str, Path],
+        backend: str,
+        o: RayOptions,
+        on_start: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> RayExecutor:
         """Read the manifests, connect, deploy the application (or update the one already there) and wait for it."""
         manifests = {name: load_manifest(path) for name, path in bundles.items()}
         connect(o.address)
         serve.start(proxy_location="Disabled")
-        args = ({name: str(Path(p).absolute()) for name, p in bundles.items()}, backend,
-                models_per_replica(o, len(bundles)), max(1, round(o.cpus_per_replica)), o.build_engines)
+        args = (
+            {name: str(Path(p).absolute()) for name, p in bundles.items()},
+            backend,
+            models_per_replica(o, len(bundles)),
+            max(1, round(o.cpus_per_replica)),
+            o.build_engines,
+        )
         # Serve gives every serve.run a new version: an ingress restarted after a crash rolls the replicas over,
         # which also ends the requests the dead ingress left running on them.
         app = deployment().options(ray_actor_options=o.actor_options(), **o.replica_count()).bind(*args)
@@ -137,8 +159,11 @@ class RayExecutor:
 
     def describe(self) -> dict[str, str]:
         o = self.options
-        count = f"{o.replicas}..{o.max_replicas} replicas (autoscaling)" if o.max_replicas is not None else \
-            f"{o.replicas} replica{'s' * (o.replicas != 1)}"
+        count = (
+            f"{o.replicas}..{o.max_replicas} replicas (autoscaling)"
+            if o.max_replicas is not None
+            else f"{o.replicas} replica{'s' * (o.replicas != 1)}"
+        )
         where = f"Ray Serve app {o.app_name!r}: {count}, {o.gpus_per_replica:g} GPU each"
         return {name: f"{where}; each replica picks its backend" for name in self.models()}
 
@@ -167,11 +192,14 @@ class RayExecutor:
             if lost:
                 result["replicas_lost"] = lost
             return result
-        raise ReplicaLost(f"the replica running this job died {len(lost)} times; not retrying it: "
-                          + "; ".join(f"replica {x.get('id', '?')} ({x['error']})" for x in lost))
+        raise ReplicaLost(
+            f"the replica running this job died {len(lost)} times; not retrying it: "
+            + "; ".join(f"replica {x.get('id', '?')} ({x['error']})" for x in lost)
+        )
 
-    def _attempt(self, spec: dict[str, Any], data: bytes | None, out_dir: Path, on_step: StepFn,
-                 where: dict[str, Any]) -> dict[str, Any]:
+    def _attempt(
+        self, spec: dict[str, Any], data: bytes | None, out_dir: Path, on_step: StepFn, where: dict[str, Any]
+    ) -> dict[str, Any]:
         stream = self._handle.options(stream=True, multiplexed_model_id=spec["model"]).generate.remote(spec, data)
         result: dict[str, Any] | None = None
         try:

@@ -96,8 +96,9 @@ def load_bundle(name: str, path: Path, backend: str, threads: int, build: bool) 
     return Loaded(LocalExecutor({name: pipe}), note)
 
 
-def run_job(loaded: Loaded, job: dict[str, Any], input_data: bytes | None,
-            on_step: Callable[[int, int], None]) -> tuple[dict[str, bytes], dict[str, Any]]:
+def run_job(
+    loaded: Loaded, job: dict[str, Any], input_data: bytes | None, on_step: Callable[[int, int], None]
+) -> tuple[dict[str, bytes], dict[str, Any]]:
     """One job in a scratch directory of this replica: (result files' bytes, result record)."""
     with tempfile.TemporaryDirectory(prefix="t2vrt-job-") as tmp:
         spec = dict(job)
@@ -119,22 +120,29 @@ def run_job(loaded: Loaded, job: dict[str, Any], input_data: bytes | None,
 
 
 class VideoGenerator:
-    def __init__(self, bundles: dict[str, str], backend: str, models_per_replica: int, threads: int,
-                 build_engines: bool) -> None:
+    def __init__(
+        self, bundles: dict[str, str], backend: str, models_per_replica: int, threads: int, build_engines: bool
+    ) -> None:
         self._bundles = {name: Path(p) for name, p in bundles.items()}
         self._backend, self._threads, self._build = backend, threads, build_engines
 
         async def load(model_id: str) -> Loaded:
-            return await asyncio.to_thread(load_bundle, model_id, self._bundles[model_id], self._backend,
-                                           self._threads, self._build)
+            return await asyncio.to_thread(
+                load_bundle, model_id, self._bundles[model_id], self._backend, self._threads, self._build
+            )
 
         # per instance, so the number of bundles kept comes from the command line (Serve detects it at runtime)
         self._load = serve.multiplexed(max_num_models_per_replica=models_per_replica)(load)
 
     def whoami(self) -> dict[str, Any]:
         ctx = serve.get_replica_context()
-        return {"id": ctx.replica_id.unique_id, "node": ray.get_runtime_context().get_node_id()[:12],
-                "host": socket.gethostname(), "pid": os.getpid(), "gpus": [str(g) for g in ray.get_gpu_ids()]}
+        return {
+            "id": ctx.replica_id.unique_id,
+            "node": ray.get_runtime_context().get_node_id()[:12],
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "gpus": [str(g) for g in ray.get_gpu_ids()],
+        }
 
     async def generate(self, job: dict[str, Any], input_data: bytes | None = None) -> AsyncIterator[dict[str, Any]]:
         model = serve.get_multiplexed_model_id()

@@ -38,6 +38,7 @@ def video(http: httpx.Client, vid: str) -> dict[str, Any]:
 
 def wait_all(http: httpx.Client, ids: list[str], timeout: float = 300) -> list[dict[str, Any]]:
     """Deadlines are generous upper bounds (a shared 2-core CI machine can be 10x slower than a quiet one)."""
+
     def check() -> list[dict[str, Any]] | None:
         vs = [video(http, v) for v in ids]
         return vs if all(v["status"] in DONE for v in vs) else None
@@ -58,18 +59,22 @@ def running_on(http: httpx.Client, vid: str, not_replica: str | None = None, ste
 def serve_state(cluster: LocalCluster) -> dict[str, Any]:
     """The VideoGenerator deployment as Serve sees it (replica states, status, message) and the cluster's free
     resources, asked from a separate driver process (so this test process never joins the cluster)."""
-    code = (f"import json, ray; from ray import serve; ray.init(address={cluster.address!r}, logging_level='error', "
-            "log_to_driver=False); d = serve.status().applications['t2vrt'].deployments['VideoGenerator']; "
-            "print(json.dumps({'replicas': {str(getattr(s, 'value', s)): n for s, n in d.replica_states.items()}, "
-            "'status': str(getattr(d.status, 'value', d.status)), 'message': d.message, "
-            "'available': ray.available_resources()}))")
+    code = (
+        f"import json, ray; from ray import serve; ray.init(address={cluster.address!r}, logging_level='error', "
+        "log_to_driver=False); d = serve.status().applications['t2vrt'].deployments['VideoGenerator']; "
+        "print(json.dumps({'replicas': {str(getattr(s, 'value', s)): n for s, n in d.replica_states.items()}, "
+        "'status': str(getattr(d.status, 'value', d.status)), 'message': d.message, "
+        "'available': ray.available_resources()}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 def free_gpus(cluster: LocalCluster) -> float:
-    code = (f"import ray; ray.init(address={cluster.address!r}, logging_level='error', log_to_driver=False); "
-            "print(ray.available_resources().get('GPU', 0))")
+    code = (
+        f"import ray; ray.init(address={cluster.address!r}, logging_level='error', log_to_driver=False); "
+        "print(ray.available_resources().get('GPU', 0))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 

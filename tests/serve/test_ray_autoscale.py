@@ -37,8 +37,9 @@ def cluster() -> Iterator[LocalCluster]:
 
 def test_autoscaling_between_bounds(cluster: LocalCluster, tiny_bundle: Path, tmp_path: Path) -> None:
     state = tmp_path / "state"
-    auto = ServerProcess([f"tiny={tiny_bundle}"], state, "--ray", cluster.address, "--replicas", "1:2",
-                         "--replica-cpus", "1")
+    auto = ServerProcess(
+        [f"tiny={tiny_bundle}"], state, "--ray", cluster.address, "--replicas", "1:2", "--replica-cpus", "1"
+    )
     auto.start(timeout=240)
     try:
         assert "1..2 replicas (autoscaling)" in auto.log

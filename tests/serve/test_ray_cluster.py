@@ -38,10 +38,22 @@ def cluster() -> Iterator[LocalCluster]:
 
 
 @pytest.fixture(scope="module")
-def server(cluster: LocalCluster, tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def server(
+    cluster: LocalCluster, tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
     # two model ids (the same files) to see requests routed by `model` to the multiplexed replicas
-    srv = ServerProcess([f"tiny={tiny_bundle}", f"tiny-b={tiny_bundle}"], tmp_path_factory.mktemp("ray-state"),
-                        "--ray", cluster.address, "--replicas", "2", "--replica-cpus", "1", "--drain-timeout", "10")
+    srv = ServerProcess(
+        [f"tiny={tiny_bundle}", f"tiny-b={tiny_bundle}"],
+        tmp_path_factory.mktemp("ray-state"),
+        "--ray",
+        cluster.address,
+        "--replicas",
+        "2",
+        "--replica-cpus",
+        "1",
+        "--drain-timeout",
+        "10",
+    )
     srv.start(timeout=240)
     try:
         yield srv
@@ -89,8 +101,11 @@ def test_uploads_and_remixes_travel_with_the_job(http: httpx.Client) -> None:
     png = bytes(iio.imwrite("<bytes>", np.zeros((64, 64, 3), np.uint8), extension=".png", plugin="pillow"))
     ids = []
     for name, data, mime in (("clip.mp4", clip, "video/mp4"), ("still.png", png, "image/png")):
-        r = http.post("/v1/videos", data={"prompt": "restyled", "strength": "0.7", "steps": "4"},
-                      files={"input_reference": (name, data, mime)})
+        r = http.post(
+            "/v1/videos",
+            data={"prompt": "restyled", "strength": "0.7", "steps": "4"},
+            files={"input_reference": (name, data, mime)},
+        )
         assert r.status_code == 200, r.text
         ids.append(r.json()["id"])
     r = http.post(f"/v1/videos/{src}/remix", json={"prompt": "remixed"})
@@ -116,7 +131,9 @@ def test_delete_stops_the_job_on_its_replica(http: httpx.Client, server: ServerP
 def test_replica_killed_mid_job_costs_one_retry(http: httpx.Client, server: ServerProcess) -> None:
     ids = submit(http, 4, steps=24)
     victim_job, victim = wait_for(
-        lambda: next(((v, w) for v in ids if (w := running_on(http, v, step=2))), None), 90, interval=0.1,
+        lambda: next(((v, w) for v in ids if (w := running_on(http, v, step=2))), None),
+        90,
+        interval=0.1,
         what="a job running on a replica",
     )
     os.kill(int(victim["pid"]), signal.SIGKILL)  # what the OOM killer does
@@ -150,8 +167,12 @@ def test_second_replica_death_fails_the_job_with_the_reason(server: ServerProces
         [vid] = submit(http, 1, steps=80)
         first = wait_for(lambda: running_on(http, vid, step=1), 90, interval=0.1, what="the job running")
         os.kill(int(first["pid"]), signal.SIGKILL)
-        second = wait_for(lambda: running_on(http, vid, not_replica=first["id"], step=1), 90, interval=0.1,
-                          what="the retry running on another replica")
+        second = wait_for(
+            lambda: running_on(http, vid, not_replica=first["id"], step=1),
+            90,
+            interval=0.1,
+            what="the retry running on another replica",
+        )
         os.kill(int(second["pid"]), signal.SIGKILL)
         [v] = wait_all(http, [vid], timeout=60)
     assert v["status"] == "failed"

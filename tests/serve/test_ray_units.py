@@ -22,9 +22,11 @@ from t2vrt.serve.store import JobStore
 
 
 def test_plain_server_never_imports_ray() -> None:
-    code = ("import sys, t2vrt.serve, t2vrt.serve.server, t2vrt.serve.api, t2vrt.serve.pool, "
-            "t2vrt.serve.ray_config, t2vrt.serve.ray_cluster, t2vrt.commands.serve, t2vrt.cli; "
-            "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
+    code = (
+        "import sys, t2vrt.serve, t2vrt.serve.server, t2vrt.serve.api, t2vrt.serve.pool, "
+        "t2vrt.serve.ray_config, t2vrt.serve.ray_cluster, t2vrt.commands.serve, t2vrt.cli; "
+        "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -67,8 +69,20 @@ def test_no_cluster_at_the_address_is_one_line(tiny_bundle: Path, tmp_path: Path
     from t2vrt.serve.ray_cluster import free_port
 
     port = free_port()  # nothing listens there
-    r = CliRunner().invoke(cli, ["serve", "--bundle", str(tiny_bundle), "--state", str(tmp_path / "s"), "--port", "0",
-                                 "--ray", f"127.0.0.1:{port}"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "serve",
+            "--bundle",
+            str(tiny_bundle),
+            "--state",
+            str(tmp_path / "s"),
+            "--port",
+            "0",
+            "--ray",
+            f"127.0.0.1:{port}",
+        ],
+    )
     assert r.exit_code == 2, r.output
     assert f"--ray 127.0.0.1:{port}: no Ray cluster" in r.output and "(Connection refused)" in r.output
     assert "Traceback" not in r.output
@@ -124,8 +138,11 @@ def test_pool_runs_one_job_per_worker_and_each_job_once(tmp_path: Path) -> None:
         assert all(live.get(j) is not None and live.get(j)["step"] == 1 for j in running)  # type: ignore[index]
         assert [store.get(j).status for j in ids].count("queued") == 3  # type: ignore[union-attr]
         ex.release.set()
-        wait_for(lambda: all(store.get(j).status == "completed" for j in ids), 20,  # type: ignore[union-attr]
-                 what="every job completed")
+        wait_for(
+            lambda: all(store.get(j).status == "completed" for j in ids),
+            20,  # type: ignore[union-attr]
+            what="every job completed",
+        )
     finally:
         ex.release.set()
         assert pool.drain(10)
@@ -136,6 +153,7 @@ def test_pool_runs_one_job_per_worker_and_each_job_once(tmp_path: Path) -> None:
 
 
 # --- the executor against a fake deployment handle ------------------------------------------------------------------
+
 
 def _ray() -> Any:
     return pytest.importorskip("ray", reason="the ray extra is not installed")
@@ -174,13 +192,20 @@ class _Handle:
 
 
 def _ok(replica: str) -> list[Any]:
-    return [{"event": "started", "replica": {"id": replica, "pid": 1}}, {"event": "step", "step": 1, "steps": 1},
-            {"event": "file", "name": "video.mp4", "data": b"mp4"}, {"event": "done", "result": {"frames": 8}}]
+    return [
+        {"event": "started", "replica": {"id": replica, "pid": 1}},
+        {"event": "step", "step": 1, "steps": 1},
+        {"event": "file", "name": "video.mp4", "data": b"mp4"},
+        {"event": "done", "result": {"frames": 8}},
+    ]
 
 
 def _dies(replica: str) -> list[Any]:
-    return [{"event": "started", "replica": {"id": replica, "pid": 1}}, {"event": "step", "step": 1, "steps": 3},
-            _ray().exceptions.ActorDiedError()]
+    return [
+        {"event": "started", "replica": {"id": replica, "pid": 1}},
+        {"event": "step", "step": 1, "steps": 3},
+        _ray().exceptions.ActorDiedError(),
+    ]
 
 
 def _executor(tiny_bundle: Path, scripts: list[list[Any]]) -> Any:
@@ -189,8 +214,12 @@ def _executor(tiny_bundle: Path, scripts: list[list[Any]]) -> Any:
     from t2vrt.serve.ray_executor import RayExecutor
 
     started: list[tuple[str, str]] = []
-    ex = RayExecutor({"tiny": load_manifest(tiny_bundle)}, _Handle(scripts), RayOptions(),
-                     on_start=lambda job, where: started.append((job, where["id"])))
+    ex = RayExecutor(
+        {"tiny": load_manifest(tiny_bundle)},
+        _Handle(scripts),
+        RayOptions(),
+        on_start=lambda job, where: started.append((job, where["id"])),
+    )
     return ex, started
 
 
@@ -218,8 +247,10 @@ def test_executor_fails_after_two_lost_replicas(tiny_bundle: Path, tmp_path: Pat
 
 
 def test_executor_job_errors_are_not_retried(tiny_bundle: Path, tmp_path: Path) -> None:
-    bad = [{"event": "started", "replica": {"id": "r1"}}, {"event": "error", "code": "invalid_request",
-                                                          "message": "height must be a positive multiple of 8"}]
+    bad = [
+        {"event": "started", "replica": {"id": "r1"}},
+        {"event": "error", "code": "invalid_request", "message": "height must be a positive multiple of 8"},
+    ]
     ex, _ = _executor(tiny_bundle, [bad, _ok("r2")])
     with pytest.raises(UsageError, match="height must be"):
         ex.run(JOB, tmp_path, lambda d, t: None)
@@ -260,8 +291,9 @@ def test_models_match_the_local_executor(tiny_bundle: Path) -> None:
         local.close()
 
 
-def test_replica_builds_engines_only_when_tensorrt_can_and_none_fit(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_replica_builds_engines_only_when_tensorrt_can_and_none_fit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _ray()
     import t2vrt.engine.build as build
     import t2vrt.runtime.tensorrt_backend as trt_backend
