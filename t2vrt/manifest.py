@@ -23,6 +23,7 @@ from t2vrt.config import ConfigError, Defaults, ModelConfig, ScheduleConfig
 from t2vrt.errors import UsageError
 from t2vrt.iospec import IOSpec
 from t2vrt.safety import integrity
+from t2vrt.safety.diskfull import reraise_disk_full
 from t2vrt.safety.jsonfile import read_json
 from t2vrt.safety.paths import confine
 
@@ -261,5 +262,10 @@ def verify_files(m: Manifest, components: list[str] | None = None, precisions: l
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON to a temp name beside `path`, then rename: a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    try:
+        with reraise_disk_full(path.parent):
+            tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(path)

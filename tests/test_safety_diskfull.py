@@ -80,3 +80,16 @@ def test_staged_directories_and_records(full_fs: Path) -> None:
     with pytest.raises(DiskFull, match=f"^disk full at {full_fs / 'rec.json'}"):
         report.write_json(full_fs / "rec.json", {"x": uuid.uuid4().hex * 100_000})
     assert os.listdir(full_fs) == [FILLER]
+
+
+def test_engine_store_writers(full_fs: Path) -> None:
+    """`t2vrt build`'s writers: an engine plan, its sidecar / plan.json / manifest JSON; nothing partial is left."""
+    from t2vrt.engine.store import write_engine
+    from t2vrt.manifest import write_json_atomic
+
+    engines = full_fs / "engines"
+    with pytest.raises(DiskFull, match=f"^disk full at {engines}"):
+        write_engine(engines / "unet.plan", os.urandom(1 << 20), {"component": "unet"})
+    with pytest.raises(DiskFull, match=f"^disk full at {full_fs}"):
+        write_json_atomic(full_fs / "plan.json", {"x": uuid.uuid4().hex * 100_000})
+    assert sorted(os.listdir(full_fs)) == sorted([FILLER, "engines"]) and os.listdir(engines) == []

@@ -37,6 +37,7 @@ from t2vrt.engine.sizes import Measured
 from t2vrt.errors import T2VError, UsageError
 from t2vrt.manifest import Manifest, write_json_atomic
 from t2vrt.runtime import cuda
+from t2vrt.safety.diskfull import reraise_disk_full
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -205,8 +206,12 @@ def build_engine(
     if serialized is None:
         raise T2VError(f"TensorRT failed to build the {ep.component} engine (see its messages above)")
     tmp = cache_path.with_name(f".{cache_path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(cache.serialize())
+    try:
+        with reraise_disk_full(cache_path.parent), open(tmp, "wb") as f:
+            f.write(cache.serialize())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(cache_path)
     return serialized
 

@@ -25,6 +25,7 @@ from typing import Any
 from t2vrt.engine.sizes import Measured, dims_key
 from t2vrt.errors import UsageError
 from t2vrt.manifest import ComponentFile, Manifest, load_manifest, write_json_atomic
+from t2vrt.safety.diskfull import reraise_disk_full
 
 ENGINES = "engines"
 PLAN_JSON = "plan.json"
@@ -120,8 +121,12 @@ def write_engine(path: Path, data: Any, meta: Mapping[str, Any]) -> None:
     temp name, then rename; the sidecar last, so an engine with a sidecar is complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
+    try:
+        with reraise_disk_full(path.parent), open(tmp, "wb") as f:
+            f.write(data)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a partial engine never stays behind (a stale temp is listed by `build --clean`)
+        raise
     tmp.replace(path)
     write_json_atomic(path.with_suffix(".json"), dict(meta))
 
