@@ -222,6 +222,8 @@ def test_bench_samplers_side_by_side(tiny_bundle: Path, tmp_path: Path) -> None:
         "2",
         "--warmup-steps",
         "1",
+        "--vae-chunk",
+        "1",
         "--repeat",
         "1",
         "--out",
@@ -236,6 +238,7 @@ def test_bench_samplers_side_by_side(tiny_bundle: Path, tmp_path: Path) -> None:
     (mpath,) = out.glob("bench-tiny-onnxruntime-cpu-samplers-*.md")
     rec = json.loads(jpath.read_text())
     assert missing_figures(rec) == [] and rec["samplers"] == ["ddim:3", "lcm:2"]
+    assert rec["shapes"]["vae_chunk"] == 1 and rec["settings"]["vae_chunk"] == 1
     assert "baseline" not in rec and set(rec["contenders"]) == {"ddim:3", "lcm:2"}
     g = load_manifest(tiny_bundle).defaults.guidance_scale
     assert g != 1.0  # the tiny bundle's DDIM is guided: two videos per step
@@ -263,6 +266,14 @@ def test_bench_samplers_side_by_side(tiny_bundle: Path, tmp_path: Path) -> None:
     text = mpath.read_text()
     assert "| figure | ddim:3 | lcm:2 |" in text and "| UNet calls / passes | 3 / 6 | 2 / 2 |" in text
     assert "dominant stage" in res.output and "3 / 6" in res.output
+    from t2vrt.benchmark.run import write_outputs
+
+    rec["bundle"]["model"] = "ms-1.7b"  # a dot in the model name must not cut the file name short
+    paths = write_outputs(rec, tmp_path / "named", plot=False)
+    stamp = rec["date"].replace(":", "").replace("-", "")
+    assert sorted(p.name for p in paths.values()) == [
+        f"bench-ms-1.7b-onnxruntime-cpu-samplers-{stamp}.json", f"bench-ms-1.7b-onnxruntime-cpu-samplers-{stamp}.md"
+    ]
 
 
 @pytest.mark.parametrize(

@@ -183,7 +183,9 @@ def run_compare(opts: Any, progress: Progress = lambda s: None) -> dict[str, Any
         counter = CountingBackend(pipe.backend)
         pipe.backend = counter  # type: ignore[assignment]
         hints = pipe.backend.hints()
-        common = dict(num_frames=opts.frames, height=opts.height, width=opts.width, seed=opts.seed)
+        common = dict(
+            num_frames=opts.frames, height=opts.height, width=opts.width, seed=opts.seed, vae_chunk=opts.vae_chunk
+        )
         options = {r.label: contender_options(manifest, r, PROMPT, hints, **common) for r in runs}
         first = next(iter(options.values()))
         shape = manifest.model.latent_shape(first.num_frames, first.height, first.width)

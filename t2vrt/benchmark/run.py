@@ -47,6 +47,7 @@ class BenchOptions:
     threads: int | None = None  # CPU threads for both (default: physical cores)
     samplers: str | None = None  # "ddim:50,lcm:4": samplers side by side on this bundle (t2vrt.benchmark.compare)
     warmup_steps: int | None = None  # --samplers: steps of each warm-up run (None: the contender's own)
+    vae_chunk: int | None = None  # frames per VAE call (None: the backend's choice, else all at once)
 
     def validate(self) -> None:
         if self.baseline not in BASELINES:
@@ -189,6 +190,7 @@ def run_bench(opts: BenchOptions, progress: Progress = lambda s: None) -> dict[s
             width=opts.width,
             num_inference_steps=opts.steps,
             seed=opts.seed,
+            vae_chunk=opts.vae_chunk,
         )
         shape = manifest.model.latent_shape(o.num_frames, o.height, o.width)
         x0 = np.random.default_rng(o.seed).standard_normal(shape, np.float32)
@@ -312,12 +314,17 @@ def write_outputs(record: dict[str, Any], out_dir: Path, plot: bool = True) -> d
     base = report.free_name(
         out_dir / f"bench-{record['bundle']['model']}-{record['ours'].removeprefix('t2vrt-')}{kind}-{stamp}.json"
     )
-    base = base.with_suffix("")
-    paths = {"json": report.write_json(base.with_suffix(".json"), record)}
+    stem = base.name.removesuffix(".json")  # not with_suffix: a model name has dots (ms-1.7b)
+    base = base.with_name(stem)
+
+    def named(suffix: str) -> Path:
+        return base.with_name(stem + suffix)
+
+    paths = {"json": report.write_json(named(".json"), record)}
     if kind:
         from t2vrt.benchmark.compare import write_markdown
 
-        paths["md"] = write_markdown(base.with_suffix(".md"), record)
+        paths["md"] = write_markdown(named(".md"), record)
     if plot:
         try:
             s = record["shapes"]
@@ -326,7 +333,7 @@ def write_outputs(record: dict[str, Any], out_dir: Path, plot: bool = True) -> d
                 f"{record['bundle']['model']}: {s['frames']} frames {s['width']}x{s['height']}, {steps} "
                 f"(mean of {record['settings']['repeat']})"
             )
-            paths["png"] = report.plot_stages(base.with_suffix(".png"), stage_means(record), title)
+            paths["png"] = report.plot_stages(named(".png"), stage_means(record), title)
         except ImportError:
             pass  # matplotlib is the `bench` extra; the JSON has every figure
     return paths

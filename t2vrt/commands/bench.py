@@ -35,6 +35,8 @@ from t2vrt.runtime.backends import CHOICES
     help="With --samplers: steps of each warm-up run (default: the sampler's own; 1 warms every session "
     "at the run's shapes, where memory is sampled, without a second long run).",
 )
+@click.option("--vae-chunk", type=click.IntRange(0), default=None,
+              help="Frames per VAE call (0 = all; default: the backend's choice).")
 @click.option("--frames", type=int, default=None, help="Frames (default: the bundle's).")
 @click.option("--height", type=int, default=None, help="Height in pixels (default: the bundle's).")
 @click.option("--width", type=int, default=None, help="Width in pixels (default: the bundle's).")
@@ -68,6 +70,7 @@ def command(
     baseline: str | None,
     samplers: str | None,
     warmup_steps: int | None,
+    vae_chunk: int | None,
     frames: int | None,
     height: int | None,
     width: int | None,
@@ -100,6 +103,7 @@ def command(
         threads=threads,
         samplers=samplers,
         warmup_steps=warmup_steps,
+        vae_chunk=vae_chunk,
     )
     record = run_bench(opts, progress=(lambda s: None) if quiet else (lambda s: click.echo(f"  {s}", err=True)))
     if samplers is not None:
