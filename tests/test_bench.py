@@ -272,7 +272,8 @@ def test_bench_samplers_side_by_side(tiny_bundle: Path, tmp_path: Path) -> None:
     paths = write_outputs(rec, tmp_path / "named", plot=False)
     stamp = rec["date"].replace(":", "").replace("-", "")
     assert sorted(p.name for p in paths.values()) == [
-        f"bench-ms-1.7b-onnxruntime-cpu-samplers-{stamp}.json", f"bench-ms-1.7b-onnxruntime-cpu-samplers-{stamp}.md"
+        f"bench-ms-1.7b-onnxruntime-cpu-samplers-{stamp}.json",
+        f"bench-ms-1.7b-onnxruntime-cpu-samplers-{stamp}.md",
     ]
 
 

@@ -35,8 +35,12 @@ from t2vrt.runtime.backends import CHOICES
     help="With --samplers: steps of each warm-up run (default: the sampler's own; 1 warms every session "
     "at the run's shapes, where memory is sampled, without a second long run).",
 )
-@click.option("--vae-chunk", type=click.IntRange(0), default=None,
-              help="Frames per VAE call (0 = all; default: the backend's choice).")
+@click.option(
+    "--vae-chunk",
+    type=click.IntRange(0),
+    default=None,
+    help="Frames per VAE call (0 = all; default: the backend's choice).",
+)
 @click.option("--frames", type=int, default=None, help="Frames (default: the bundle's).")
 @click.option("--height", type=int, default=None, help="Height in pixels (default: the bundle's).")
 @click.option("--width", type=int, default=None, help="Width in pixels (default: the bundle's).")
