@@ -12,13 +12,12 @@ from collections.abc import Mapping
 import torch
 
 from t2vrt.config.vae import VAEConfig
-from t2vrt.models.rename import KeyMapError, rename
+from t2vrt.models.rename import rename
 from t2vrt.models.state_check import check_shapes
-from t2vrt.models.vae_keys import _current_attn_name, _resnet_shapes, _to_conv, _to_linear
+from t2vrt.models.vae_keys import _current_attn_name, _resnet_shapes, _to_conv, _to_linear, lightning_side
 
 Tensor = torch.Tensor
 _DECODER_SIDE = ("decoder.", "post_quant_conv.")  # parts of a full autoencoder that encoding never reads
-_LIGHTNING_PREFIX = "first_stage_model."
 _MID_ATTN = "encoder.mid_block.attentions.0."
 
 
@@ -95,22 +94,5 @@ def original_to_diffusers(sd: Mapping[str, Tensor], cfg: VAEConfig) -> dict[str,
 
 
 def lightning_to_ours(state_dict: Mapping[str, Tensor], cfg: VAEConfig | None = None) -> dict[str, Tensor]:
-    """The original VQGAN_autoencoder.pth (a Lightning checkpoint, or its ['state_dict']) -> ours.
-
-    Keeps the 'first_stage_model.' keys, strips that prefix, keeps encoder.* and quant_conv.*.
-    """
-    sd = state_dict.get("state_dict", state_dict)  # type: ignore[call-overload]
-    if not isinstance(sd, Mapping):
-        raise KeyMapError("checkpoint['state_dict'] is not a mapping of tensors")
-    out: dict[str, Tensor] = {}
-    for k, v in sd.items():
-        if not k.startswith(_LIGHTNING_PREFIX):
-            continue
-        k = k[len(_LIGHTNING_PREFIX) :]
-        if k.startswith(("encoder.", "quant_conv.")):
-            out[k] = v
-        elif not k.startswith(_DECODER_SIDE):
-            raise KeyMapError(f"unexpected autoencoder key {_LIGHTNING_PREFIX + k!r}")
-    if not out:
-        raise KeyMapError(f"no '{_LIGHTNING_PREFIX}encoder.*' keys in the checkpoint: not an LDM autoencoder")
-    return out
+    """The encoder side (encoder.* and quant_conv.*) of the original VQGAN_autoencoder.pth."""
+    return lightning_side(state_dict, ("encoder.", "quant_conv."), _DECODER_SIDE)

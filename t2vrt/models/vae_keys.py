@@ -136,11 +136,11 @@ def original_to_diffusers(sd: Mapping[str, Tensor], cfg: VAEConfig) -> dict[str,
     return rename(sd, _diffusers_names(cfg), "VAE decoder", convert=_to_linear)
 
 
-def lightning_to_ours(state_dict: Mapping[str, Tensor], cfg: VAEConfig | None = None) -> dict[str, Tensor]:
-    """The original VQGAN_autoencoder.pth (a Lightning checkpoint, or its ['state_dict']) -> ours.
-
-    Keeps the 'first_stage_model.' keys, strips that prefix, keeps decoder.* and post_quant_conv.*.
-    """
+def lightning_side(
+    state_dict: Mapping[str, Tensor], keep: tuple[str, ...], other: tuple[str, ...]
+) -> dict[str, Tensor]:
+    """One side of the original VQGAN_autoencoder.pth (a Lightning checkpoint, or its ['state_dict']): the
+    'first_stage_model.' keys starting with `keep`, prefix stripped; keys of the `other` side are skipped."""
     sd = state_dict.get("state_dict", state_dict)  # type: ignore[call-overload]
     if not isinstance(sd, Mapping):
         raise KeyMapError("checkpoint['state_dict'] is not a mapping of tensors")
@@ -149,13 +149,18 @@ def lightning_to_ours(state_dict: Mapping[str, Tensor], cfg: VAEConfig | None = 
         if not k.startswith(_LIGHTNING_PREFIX):
             continue
         k = k[len(_LIGHTNING_PREFIX) :]
-        if k.startswith(("decoder.", "post_quant_conv.")):
+        if k.startswith(keep):
             out[k] = v
-        elif not k.startswith(_ENCODER_SIDE):
+        elif not k.startswith(other):
             raise KeyMapError(f"unexpected autoencoder key {_LIGHTNING_PREFIX + k!r}")
     if not out:
-        raise KeyMapError(f"no '{_LIGHTNING_PREFIX}decoder.*' keys in the checkpoint: not an LDM autoencoder")
+        raise KeyMapError(f"no '{_LIGHTNING_PREFIX}{keep[0]}*' keys in the checkpoint: not an LDM autoencoder")
     return out
+
+
+def lightning_to_ours(state_dict: Mapping[str, Tensor], cfg: VAEConfig | None = None) -> dict[str, Tensor]:
+    """The decoder side (decoder.* and post_quant_conv.*) of the original VQGAN_autoencoder.pth."""
+    return lightning_side(state_dict, ("decoder.", "post_quant_conv."), _ENCODER_SIDE)
 
 
 def config_from_diffusers(d: Mapping) -> VAEConfig:
