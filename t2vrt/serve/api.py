@@ -250,7 +250,8 @@ def create_app(svc: Services) -> FastAPI:
 
     @app.get("/v1/videos/{video_id}/events")
     async def events(video_id: str) -> StreamingResponse:
-        """Server-Sent Events: the video object each time it changes, until it is completed, failed or deleted."""
+        """Server-Sent Events: the video object when it has changed (sampled every 0.25 s, so steps that pass faster are
+        coalesced), until it is completed, failed or deleted; the last event is always the final state."""
         await run_in_threadpool(job_or_404, video_id)
 
         async def stream() -> AsyncIterator[str]:

@@ -197,6 +197,8 @@ class FakeTensorRT:
                 return len(self.profiles) - 1
 
         class Builder:
+            _library: int | None = None  # stays None when the factory refuses (no half-made builder to free)
+
             def __init__(self, logger: Logger) -> None:
                 factory()
                 err, ptr = fake.cuda.cudaMalloc(fake.builder_library, "the builder's kernel library")
