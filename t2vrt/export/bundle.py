@@ -7,7 +7,6 @@ ExportPlan (t2vrt.export.plan); unchanged graphs of an earlier bundle are linked
 
 from __future__ import annotations
 
-import gc
 import os
 import shutil
 import time
@@ -24,6 +23,7 @@ from t2vrt.config import ModelConfig
 from t2vrt.errors import UsageError
 from t2vrt.export import gates, onnx_io
 from t2vrt.export.loras import apply_loras, plan_loras, with_few_step_defaults
+from t2vrt.export.memory import release_memory
 from t2vrt.export.numerics import sample_inputs
 from t2vrt.export.onnx_io import module_bytes, trace_to_onnx
 from t2vrt.export.owner import legacy_bundle
@@ -43,7 +43,7 @@ from t2vrt.models.checkpoint_config import config_of
 from t2vrt.models.source import resolve
 from t2vrt.models.weights import PartReader, load_component
 from t2vrt.runtime import schedulers  # the runtime's schedule math: the manifest's betas are what it samples with
-from t2vrt.runtime.onnxruntime_backend import make_session
+from t2vrt.runtime.onnxruntime_backend import run_once
 from t2vrt.runtime.tokenizer import Tokenizer
 from t2vrt.safety.atomic import StagedDir
 from t2vrt.safety.paths import confine
@@ -200,7 +200,7 @@ def _export_components(
                 spill = tmp / f".{name}.fp16-spill"
                 index = spill_half(module, spill)
                 del module  # the last reference: the fp32 weights (and their mapped checkpoint pages) go
-                gc.collect()
+                release_memory()
                 with torch.device("meta"):
                     module = c.build(cfg)
                 module = load_half(module, spill, index)
@@ -214,10 +214,11 @@ def _export_components(
             data = trace_to_onnx(EngineIO(module, dtype, fp32_inputs), spec, trace, path, plan.options.opset)
             traced.append((p, path, data, time.perf_counter() - t0))
         del module
-        gc.collect()
+        release_memory()
         # Gate after the module is gone: at full size an ORT session of the UNet never shares memory with it.
         for p, path, data, t_export in traced:
-            got = make_session(path, prepack=False).run(spec.output_names, check)[0]
+            got = run_once(path, check, spec.output_names)[0]
+            release_memory()
             parity = gates.check_component(name, p, got, ref)
             size = path.stat().st_size + (data.stat().st_size if data else 0)
             files[name][p] = ComponentFile(
@@ -237,7 +238,9 @@ def _export_components(
 
     def run16(name: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """Each fp16 graph (new or reused) loaded for its one call in the chain, then freed."""
-        return make_session(files[name]["fp16"].path, prepack=False).run(None, inputs)[0]
+        out = run_once(files[name]["fp16"].path, inputs)[0]
+        release_memory()
+        return out
 
     frames16 = gates.chain_frames(run16, chain_in)
     result = gates.check_fp16_chain(frames16, chain32.frames)

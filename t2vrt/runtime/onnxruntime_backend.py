@@ -31,24 +31,34 @@ def cpu_threads() -> int:
 
 
 def make_session(
-    path: Path, device: str = "cpu", threads: int | None = None, prepack: bool = True, gpu_mem_limit: int | None = None
+    path: Path,
+    device: str = "cpu",
+    threads: int | None = None,
+    check_only: bool = False,
+    gpu_mem_limit: int | None = None,
 ):
     """One session for one graph file, with the options the benchmarks chose (all graph optimisations, one
     thread per physical core, no spinning, sequential execution: the graphs are chains, so parallel branches buy
-    nothing). prepack=False skips ORT's pre-packed weight copies: slower, but a one-off check (the export's parity
-    gate) of a 5.6 GB graph then holds its weights once, not twice."""
+    nothing).
+
+    check_only=True is for a one-off run (see run_once): the graph runs as written, without graph rewrites, pre-packed
+    weight copies or a memory arena, so it holds its weights once. Optimised, an fp16 graph on the CPU has its
+    fp16->fp32 weight casts constant-folded into a second, fp32 copy of every weight: 11.4 GB peak RSS for the full
+    UNet's 2.8 GB (benchmarks/results/fullsize-export-20261126T014153Z.md)."""
     import onnxruntime as ort
 
     ort.set_default_logger_severity(3)  # graph-optimiser chatter (fp16 CPU kernels it lacks) is not the user's business
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    level = ort.GraphOptimizationLevel
+    opts.graph_optimization_level = level.ORT_DISABLE_ALL if check_only else level.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.intra_op_num_threads = threads or cpu_threads()
     # Idle pool threads sleep instead of spinning: the fastest setting in the full-size CPU step screen
     # (benchmarks/results/cpu_fullsize_step-*), and kinder to a desktop that is doing other things.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if not prepack:
+    if check_only:
         opts.add_session_config_entry("session.disable_prepacking", "1")
+        opts.enable_cpu_mem_arena = False
     if device == "cuda":
         cuda_opts = {"cudnn_conv_algo_search": "HEURISTIC", "arena_extend_strategy": "kSameAsRequested"}
         if gpu_mem_limit:
@@ -67,6 +77,18 @@ def make_session(
             "(pip install 'onnxruntime-gpu[cuda,cudnn]'), or choose --backend onnxruntime-cpu"
         )
     return session
+
+
+def owned(outputs: list[np.ndarray]) -> list[np.ndarray]:
+    """ORT's outputs copied into numpy's own memory. An output array ORT returns keeps its OrtValue alive, and with
+    it the session's memory arena, after the session itself is gone: one text-encoder output held on to pinned
+    1.2 GB of a dropped fp16 session (measured)."""
+    return [np.array(o, copy=True) for o in outputs]
+
+
+def run_once(path: Path, inputs: dict[str, np.ndarray], output_names: list[str] | None = None) -> list[np.ndarray]:
+    """One call of a graph in a check-only session (see make_session) that is gone, with its memory, on return."""
+    return owned(make_session(path, check_only=True).run(output_names, inputs))
 
 
 def preload_cuda_libraries() -> None:
@@ -119,7 +141,7 @@ class OrtRunner:
         self.io.bind(inputs)
         feeds = {t.name: np.ascontiguousarray(inputs[t.name], dtype=t.dtype) for t in self.io.inputs}
         try:
-            outs = self.session.run(self.io.output_names, feeds)
+            outs = owned(self.session.run(self.io.output_names, feeds))
         except Exception as e:
             raise T2VError(f"{self.component}: ONNX Runtime failed: {str(e).splitlines()[0][:300]}") from None
         return dict(zip(self.io.output_names, outs))
