@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+import torch
 
+from t2vrt.components import COMPONENTS
+from t2vrt.config import preset
 from t2vrt.export import onnx_io
-from t2vrt.export.bundle import ExportOptions, export_bundle
+from t2vrt.export.bundle import EngineIO, ExportOptions, export_bundle
+from t2vrt.export.numerics import sample_inputs
+from t2vrt.export.stream import named_weights, placeholder, trace_streamed
 from t2vrt.manifest import load_manifest
+from t2vrt.models.random_init import randomize_
 from t2vrt.runtime.pipeline import Pipeline
 
 SMALL = dict(num_frames=3, height=64, width=64, num_inference_steps=3, seed=1)
@@ -32,7 +39,26 @@ def test_streamed_export_gives_the_same_video(
             assert not {i.name for i in graph.graph.input} & inits  # weights are initializers, not inputs
             # the exporter's Transpose of Linear weights was folded while streaming: none left on a weight
             assert not any(n.op_type == "Transpose" and n.input[0] in inits for n in graph.graph.node), (name, p)
-            assert f.parity["rel_l2"] < 1e-6 if p == "fp32" else True
+            assert f.parity["rel_l2"] < 1e-5 if p == "fp32" else True, (name, p, f.parity)  # fp32 round-off only
     with Pipeline.from_bundle(out, "onnxruntime-cpu") as a, Pipeline.from_bundle(tiny_bundle, "onnxruntime-cpu") as b:
         diff = np.abs(a("a fox", **SMALL).frames.astype(int) - b("a fox", **SMALL).frames.astype(int)).max()
     assert diff <= 1, diff
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_a_placeholder_traces_the_same_graph_as_the_real_module(tmp_path: Path, dtype: torch.dtype) -> None:
+    """The export traces big graphs from a placeholder (no weights behind it) before loading the real weights: the
+    graph must be the one the real module gives, weight for weight (no two placeholders merged as equal)."""
+    cfg = preset("tiny")
+    for name, c in COMPONENTS.items():
+        spec = c.io(cfg)
+        trace = sample_inputs(spec, c.trace_dims, vocab_size=cfg.text_encoder.vocab_size)
+        real = EngineIO(randomize_(c.build(cfg), seed=0).to(dtype).eval(), dtype)
+        ghost = EngineIO(placeholder(partial(c.build, cfg), dtype), dtype)
+        assert all(t.stride() == (0,) * t.ndim for t in ghost.parameters() if t.ndim)  # nothing behind it
+        a = trace_streamed(real, spec, trace, tmp_path / f"{name}-real.onnx", 17)
+        b = trace_streamed(ghost, spec, trace, tmp_path / f"{name}-ghost.onnx", 17)
+        assert [n.op_type for n in a.keep] == [n.op_type for n in b.keep], name
+        assert a.written == b.written, name
+        assert {a.derived[w][0] for w in a.written} == set(real.state_dict()) <= set(named_weights(real)), name

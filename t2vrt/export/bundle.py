@@ -28,7 +28,7 @@ from t2vrt.export.numerics import sample_inputs
 from t2vrt.export.onnx_io import module_bytes, trace_to_onnx
 from t2vrt.export.owner import legacy_bundle
 from t2vrt.export.plan import ExportOptions, ExportPlan, make_plan, read_previous, sha256_file
-from t2vrt.export.stream import load_half, spill_half
+from t2vrt.export.stream import Traced, named_weights, placeholder, trace_streamed
 from t2vrt.export.tokenizer_json import write_tokenizer_json
 from t2vrt.manifest import (
     MANIFEST_NAME,
@@ -49,6 +49,7 @@ from t2vrt.safety.atomic import StagedDir
 from t2vrt.safety.paths import confine
 
 Progress = Callable[[str], None]
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 __all__ = ["EngineIO", "ExportOptions", "export_bundle"]
 
 
@@ -173,8 +174,9 @@ def _export_components(
     """Component by component: load it, take its fp32 references (and its stage of the fp16 gate's chain), trace
     each precision, drop it, then gate its graphs; at the end, the fp16 chain through the fp16 graphs.
 
-    At full size only one PyTorch module is ever loaded, a big one is cast to fp16 through a spill file rather than
-    beside its fp32 self, and an ORT session never shares memory with a module."""
+    At full size only one PyTorch module is ever loaded; a big graph is traced from a placeholder before it, and its
+    weights (fp32, or cast to fp16 one tensor at a time) are streamed from it; an ORT session never shares memory
+    with a module."""
     cfg, todo = plan.config, plan.todo
     vocab = cfg.text_encoder.vocab_size
     want_chain = any(p == "fp16" for _, p in todo)
@@ -186,32 +188,40 @@ def _export_components(
         if not jobs and not (chain32 is not None and name in gates.Chain.STAGES):
             continue
         spec = c.io(cfg)
+        fp32_inputs = tuple(t.name in c.fp32_inputs for t in spec.inputs)
+        trace = sample_inputs(spec, c.trace_dims, vocab_size=vocab)
+        # Big graphs are traced first, from a placeholder (no weights behind it): the tracer's memory is handed back
+        # before the real weights are loaded, and they are then streamed into the graph's data file.
+        streamed: dict[str, tuple[Traced, float]] = {}
+        for p in jobs:
+            t0 = time.perf_counter()
+            ghost = EngineIO(placeholder(partial(c.build, cfg), DTYPES[p]), DTYPES[p], fp32_inputs)
+            if module_bytes(ghost) >= onnx_io.EXTERNAL_DATA_THRESHOLD:
+                progress(f"{name} {p}: tracing to ONNX (opset {plan.options.opset}), weights streamed after loading")
+                path = tmp / name / p / "model.onnx"
+                streamed[p] = (trace_streamed(ghost, spec, trace, path, plan.options.opset), time.perf_counter() - t0)
+            del ghost
+        release_memory()
+
         module = _load(plan, read, name, progress)
         check = sample_inputs(spec, c.check_dims, seed=1, vocab_size=vocab)
         ref = gates.torch_run(module, check)
         if chain32 is not None:
             chain32.feed(name, partial(gates.torch_run, module))
-        fp32_inputs = tuple(t.name in c.fp32_inputs for t in spec.inputs)
         traced: list[tuple[str, Path, Path | None, float]] = []
-        for p in jobs:  # fp32 first: then the module is cast for fp16
-            dtype = torch.float32 if p == "fp32" else torch.float16
-            if p == "fp16" and module_bytes(module) >= onnx_io.EXTERNAL_DATA_THRESHOLD:
-                # Big: through a spill file, so the fp32 and fp16 weights are never in memory together.
-                spill = tmp / f".{name}.fp16-spill"
-                index = spill_half(module, spill)
-                del module  # the last reference: the fp32 weights (and their mapped checkpoint pages) go
-                release_memory()
-                with torch.device("meta"):
-                    module = c.build(cfg)
-                module = load_half(module, spill, index)
-                spill.unlink()
-            elif p == "fp16":
-                module = module.to(torch.float16)
+        for p in jobs:  # fp32 first: then a small module is cast for fp16
+            dtype = DTYPES[p]
             path = tmp / name / p / "model.onnx"
             t0 = time.perf_counter()
-            progress(f"{name} {p}: tracing to ONNX (opset {plan.options.opset})")
-            trace = sample_inputs(spec, c.trace_dims, vocab_size=vocab)
-            data = trace_to_onnx(EngineIO(module, dtype, fp32_inputs), spec, trace, path, plan.options.opset)
+            if p in streamed:  # the fp32 weights, cast one tensor at a time: never a second copy of the module
+                graph, t_trace = streamed.pop(p)
+                data = graph.write(named_weights(EngineIO(module, dtype, fp32_inputs)), dtype)
+                t0 -= t_trace
+            else:
+                if p == "fp16":
+                    module = module.to(torch.float16)
+                progress(f"{name} {p}: tracing to ONNX (opset {plan.options.opset})")
+                data = trace_to_onnx(EngineIO(module, dtype, fp32_inputs), spec, trace, path, plan.options.opset)
             traced.append((p, path, data, time.perf_counter() - t0))
         del module
         release_memory()

@@ -1,16 +1,23 @@
 """Export a big module with its weights streamed to ONE data file, never a second copy in memory.
 
 The TorchScript exporter, asked to embed parameters, builds the whole protobuf (5.6 GB for the full fp32 UNet) beside
-the module that holds the same weights. Here the graph is traced with `export_params=False` (parameters become graph
-inputs named by their state-dict keys) and without constant folding; then each parameter is written, one tensor at a
-time, straight from the module into `<model>.onnx.data` as an initializer. The simple ops the exporter applies to
-weights (Transpose of a Linear weight, Unsqueeze/Gather of a conv weight, Cast) are folded per tensor on the way, so
-the graph is what constant folding would have given: no weight is transposed again at load time.
+the module that holds the same weights. Here it is two steps:
+
+1. `trace_streamed`: the graph is traced with `export_params=False` (parameters become graph inputs named by their
+   state-dict keys) and without constant folding. Only shapes and dtypes matter to the trace, so the module traced
+   can be a `placeholder`: the component's structure with every weight one zero broadcast to its shape (no memory),
+   in the precision being exported. The export traces before the real weights are loaded, so the tracer's own
+   memory never adds to theirs.
+2. `Traced.write`: each weight is written, one tensor at a time, from the real module into `<model>.onnx.data` as an
+   initializer, cast to the graph's precision on the way. The simple ops the exporter applies to weights (Transpose
+   of a Linear weight, Unsqueeze/Gather of a conv weight, Cast) are folded per tensor too, so the graph is what
+   constant folding would have given: no weight is transposed again at load time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -69,8 +76,97 @@ def _fold_of(node: onnx.NodeProto, consts: dict[str, np.ndarray]) -> Fold | None
     return None
 
 
-def export_streamed(module: nn.Module, spec: IOSpec, inputs: dict[str, np.ndarray], path: Path, opset: int) -> Path:
-    """Trace `module` to `path` + `<path>.data` (returned), weights streamed from the module one tensor at a time."""
+def placeholder(build: Callable[[], nn.Module], dtype: torch.dtype) -> nn.Module:
+    """`build()`'s structure in `dtype` with no memory behind its weights: each parameter and persistent buffer is one
+    scalar broadcast to its shape (stride 0). Only for tracing: its outputs are meaningless."""
+    with torch.device("meta"):
+        module = build()
+    n = 0
+    for sub in module.modules():
+        for name, t in list(sub._parameters.items()):
+            if t is not None:
+                n += 1
+                sub._parameters[name] = nn.Parameter(_broadcast(t, dtype, n), requires_grad=False)
+        for name, t in list(sub._buffers.items()):
+            if t is not None:
+                n += 1
+                sub._buffers[name] = _broadcast(t, dtype, n)
+    # A non-persistent buffer (the causal mask) is no graph input: the trace bakes its values in, so it must be real.
+    init_buffers = getattr(module, "init_buffers", None)
+    if callable(init_buffers):
+        init_buffers("cpu")
+    for sub in module.modules():
+        for name in sub._non_persistent_buffers_set:
+            t = sub._buffers.get(name)
+            if t is not None and t.is_floating_point() and t.stride() and min(t.stride()) > 0:
+                sub._buffers[name] = t.to(dtype)
+    return module.eval()
+
+
+def _broadcast(t: torch.Tensor, dtype: torch.dtype, n: int) -> torch.Tensor:
+    """One scalar broadcast to `t`'s shape, a different one for each n: the exporter merges weights of equal value
+    (shape, dtype and contents) into one initializer, so placeholders must all differ. A float's value is the bit
+    pattern n (a tiny subnormal, distinct for n below 31744 in fp16: past that lie inf and NaN)."""
+    if not t.is_floating_point():
+        return torch.tensor(n, dtype=t.dtype).expand(t.shape)
+    if dtype == torch.float16 and n >= 0x7C00:
+        raise ValueError(f"{n} weights: too many for distinct fp16 placeholders")
+    bits = {torch.float16: torch.int16, torch.float32: torch.int32}[dtype]
+    return torch.tensor(n, dtype=bits).view(dtype).expand(t.shape)
+
+
+def named_weights(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and buffers (persistent or not) by the names the exporter gives their graph inputs."""
+    return {k: v for k, v in [*module.named_parameters(), *module.named_buffers()]}
+
+
+@dataclass
+class Traced:
+    """A traced graph whose weights are still graph inputs, and how each initializer derives from one weight."""
+
+    model: onnx.ModelProto
+    path: Path
+    derived: dict[str, tuple[str, tuple[Fold, ...]]]  # initializer -> (weight name, folds applied in order)
+    written: list[str]  # initializers the kept nodes read
+    keep: list[onnx.NodeProto]
+
+    def write(self, weights: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None) -> Path:
+        """Stream `weights` (cast to `dtype` when floating, one tensor at a time) into `<path>.data`; save the graph
+        with them as external initializers; returns the data file."""
+        graph = self.model.graph
+        data = self.path.with_name(self.path.name + ".data")
+        with open(data, "wb") as out:
+            for name in self.written:
+                src, folds = self.derived[name]
+                t = weights[src].detach()
+                if dtype is not None and t.is_floating_point():
+                    t = t.to(dtype)
+                arr = t.cpu().numpy()
+                for f in folds:
+                    arr = f(arr)
+                arr = np.ascontiguousarray(arr)
+                tensor = onnx.TensorProto(name=name, data_type=onnx.helper.np_dtype_to_tensor_dtype(arr.dtype))
+                tensor.dims.extend(arr.shape)
+                out.write(b"\0" * ((-out.tell()) % ALIGN if arr.nbytes >= ALIGN else 0))
+                offset = out.tell()
+                out.write(arr.tobytes())  # one tensor's bytes at a time
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+                for key, value in (("location", data.name), ("offset", str(offset)), ("length", str(arr.nbytes))):
+                    entry = tensor.external_data.add()
+                    entry.key, entry.value = key, value
+                graph.initializer.append(tensor)
+                del arr, t
+        del graph.node[:]
+        graph.node.extend(self.keep)
+        inputs_kept = [i for i in graph.input if i.name not in self.derived]
+        del graph.input[:]
+        graph.input.extend(inputs_kept)
+        onnx.save_model(self.model, str(self.path))
+        return data
+
+
+def trace_streamed(module: nn.Module, spec: IOSpec, inputs: dict[str, np.ndarray], path: Path, opset: int) -> Traced:
+    """Trace `module` (real or a placeholder) with its weights as graph inputs; nothing is written to `path` yet."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         torch.onnx.export(
@@ -86,9 +182,10 @@ def export_streamed(module: nn.Module, spec: IOSpec, inputs: dict[str, np.ndarra
             dynamo=False,
         )
     model = onnx.load(str(path))
+    path.unlink()  # written by Traced.write, with its initializers
     graph = model.graph
-    weights = {k: v for k, v in [*module.named_parameters(), *module.named_buffers()]}
-    params = [i.name for i in graph.input if i.name in weights]
+    names = set(named_weights(module))
+    params = [i.name for i in graph.input if i.name in names]
 
     # Each derived constant is (source weight, the folds applied to it, in order); computed only when written.
     derived: dict[str, tuple[str, tuple[Fold, ...]]] = {p: (p, ()) for p in params}
@@ -104,59 +201,9 @@ def export_streamed(module: nn.Module, spec: IOSpec, inputs: dict[str, np.ndarra
     used = {i for n in keep for i in n.input} | {o.name for o in graph.output}
     keep = [n for n in keep if n.op_type != "Constant" or n.output[0] in used]  # axes/indices only folds read
     written = [name for name in derived if name in used]
-
-    data = path.with_name(path.name + ".data")
-    with open(data, "wb") as out:
-        for name in written:
-            src, folds = derived[name]
-            arr = weights[src].detach().cpu().numpy()
-            for f in folds:
-                arr = f(arr)
-            arr = np.ascontiguousarray(arr)
-            tensor = onnx.TensorProto(name=name, data_type=onnx.helper.np_dtype_to_tensor_dtype(arr.dtype))
-            tensor.dims.extend(arr.shape)
-            out.write(b"\0" * ((-out.tell()) % ALIGN if arr.nbytes >= ALIGN else 0))
-            offset = out.tell()
-            out.write(arr.tobytes())  # one tensor's bytes at a time
-            tensor.data_location = onnx.TensorProto.EXTERNAL
-            for key, value in (("location", data.name), ("offset", str(offset)), ("length", str(arr.nbytes))):
-                entry = tensor.external_data.add()
-                entry.key, entry.value = key, value
-            graph.initializer.append(tensor)
-            del arr
-    del graph.node[:]
-    graph.node.extend(keep)
-    inputs_kept = [i for i in graph.input if i.name not in weights]
-    del graph.input[:]
-    graph.input.extend(inputs_kept)
-    onnx.save_model(model, str(path))
-    return data
+    return Traced(model, path, derived, written, keep)
 
 
-def spill_half(module: nn.Module, path: Path) -> list[tuple[str, tuple[int, ...], int]]:
-    """Write `module`'s state dict as fp16 to `path`, one tensor at a time; returns (key, shape, offset) per tensor.
-
-    With load_half, a big fp32 module becomes fp16 without both copies in memory at once: the caller drops the fp32
-    module (its memory-mapped checkpoint pages go with it) between the two."""
-    index = []
-    with open(path, "wb") as out:
-        for key, t in module.state_dict().items():
-            arr = t.detach().to(torch.float16 if t.is_floating_point() else t.dtype).cpu().numpy()
-            index.append((key, tuple(arr.shape), out.tell()))
-            out.write(np.ascontiguousarray(arr).tobytes())
-    return index
-
-
-def load_half(module: nn.Module, path: Path, index: list[tuple[str, tuple[int, ...], int]]) -> nn.Module:
-    """Fill `module` (built on the meta device) from spill_half's file; returns it in fp16, eval mode."""
-    ref = module.state_dict()
-    state = {}
-    for key, shape, offset in index:
-        dtype = np.float16 if ref[key].is_floating_point() else np.dtype(str(ref[key].dtype).removeprefix("torch."))
-        count = int(np.prod(shape, dtype=np.int64))
-        state[key] = torch.from_numpy(np.fromfile(path, dtype=dtype, count=count, offset=offset).reshape(shape))
-    module.load_state_dict(state, strict=True, assign=True)
-    init_buffers = getattr(module, "init_buffers", None)
-    if callable(init_buffers):
-        init_buffers("cpu")  # non-persistent buffers (the causal mask) are in no state dict
-    return module.to(torch.float16).eval().requires_grad_(False)
+def export_streamed(module: nn.Module, spec: IOSpec, inputs: dict[str, np.ndarray], path: Path, opset: int) -> Path:
+    """Trace `module` to `path` + `<path>.data` (returned), its own weights streamed one tensor at a time."""
+    return trace_streamed(module, spec, inputs, path, opset).write(named_weights(module))
