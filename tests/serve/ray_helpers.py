@@ -85,3 +85,19 @@ def running_replicas(cluster: LocalCluster) -> int:
 
 def completions(log: str) -> collections.Counter[str]:
     return collections.Counter(re.findall(r"completed (video_[0-9a-f]+) in", log))
+
+
+def autoscaler_lines(cluster: LocalCluster, keep: int = 12) -> list[str]:
+    """The Serve controller's log lines about scaling decisions and dropped handle metrics (the autoscaler counts
+    queued requests only from handle reports, and drops a handle's report after 20 s without one): what a failed
+    autoscaling test needs to say why."""
+    if cluster.tmp is None:
+        return []
+    pattern = re.compile(r"scal|stale|Dropping", re.IGNORECASE)
+    lines = [
+        line.strip()
+        for log in sorted(cluster.tmp.glob("r/session_latest/logs/serve/controller_*.log"))
+        for line in log.read_text(errors="replace").splitlines()
+        if pattern.search(line)
+    ]
+    return lines[-keep:]

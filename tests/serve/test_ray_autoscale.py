@@ -20,7 +20,7 @@ from t2vrt.serve.process import ServerProcess, wait_for
 
 pytest.importorskip("ray.serve", reason="the ray extra is not installed")
 
-from ray_helpers import free_gpus, running_replicas, serve_state, submit, wait_all
+from ray_helpers import autoscaler_lines, free_gpus, running_replicas, serve_state, submit, wait_all
 
 from t2vrt.serve.ray_cluster import LocalCluster
 
@@ -56,7 +56,11 @@ def test_autoscaling_between_bounds(cluster: LocalCluster, tiny_bundle: Path, tm
             try:
                 wait_for(two_replicas, 240, interval=0, what="Serve to add a second replica")
             except TimeoutError as e:
-                raise AssertionError(f"{e}; replicas seen {seen}; Serve: {serve_state(cluster)}") from None
+                why = "\n".join(autoscaler_lines(cluster))
+                raise AssertionError(
+                    f"{e}; replicas seen {sorted(set(seen))} over {len(seen)} jobs; Serve: {serve_state(cluster)}\n"
+                    f"controller log:\n{why}"
+                ) from None
         assert running_replicas(cluster) == 2
         assert auto.stop(timeout=60) == 0  # SIGTERM: drained, its application deleted
         wait_for(lambda: free_gpus(cluster) == 2, 90, interval=1, what="both GPUs free once the application is gone")
