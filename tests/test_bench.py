@@ -48,6 +48,18 @@ def test_alternate_flips_order_and_discards_warmup() -> None:
         alternate({"a": make("a", 1.0)}, repeat=0)
 
 
+def test_a_record_never_replaces_a_file_or_its_siblings(tmp_path: Path) -> None:
+    from t2vrt.benchmark.report import free_name
+
+    base = tmp_path / "bench-ms-1.7b-onnxruntime-cpu-20261126T000000Z.json"  # a dotted model name
+    assert free_name(base) == base
+    base.with_suffix(".md").write_text("a user's notes")  # only the markdown sibling is in the way
+    second = free_name(base)
+    assert second.name == "bench-ms-1.7b-onnxruntime-cpu-20261126T000000Z-2.json"
+    second.with_suffix(".png").write_bytes(b"")
+    assert free_name(base).name.endswith("-3.json")
+
+
 def test_memory_sampler_sees_an_allocation() -> None:
     with MemorySampler(interval=0.005) as m:
         block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched

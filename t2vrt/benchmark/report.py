@@ -103,10 +103,14 @@ def check_out_dir(out_dir: Path) -> Path:
     return target
 
 
+SIBLINGS = (".png", ".md")  # written beside a record's .json under the same stem
+
+
 def free_name(path: Path) -> Path:
-    """`path`, or path-2, path-3, ... when a file of that name is already there: a record never replaces a file."""
+    """`path`, or path-2, path-3, ... when a file of that name (or of its .png/.md siblings) is already there: a
+    record never replaces a file."""
     n, candidate = 1, path
-    while os.path.lexists(candidate) or os.path.lexists(candidate.with_suffix(".png")):
+    while any(os.path.lexists(candidate.with_suffix(s)) for s in (candidate.suffix, *SIBLINGS)):
         n += 1
         candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
     return candidate
