@@ -93,6 +93,7 @@ class TokenizerInfo:
     sot: int = 49406
     eot: int = 49407
     pad: int = 0
+    sha256: str = ""  # of the file; "" in bundles written before it was recorded (then not verified)
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,7 @@ def load_manifest(bundle: str | Path) -> Manifest:
         if unknown:
             raise ValueError(f"unknown component(s) {unknown}: written by a newer t2vrt?")
         betas = tuple(float(b) for b in raw["schedule"]["betas"])
-        tokenizer = TokenizerInfo(**raw["tokenizer"])
+        tokenizer = TokenizerInfo(**{**raw["tokenizer"], "sha256": str(raw["tokenizer"].get("sha256") or "")})
         src = raw["source"]
         source = SourceInfo(str(src["layout"]), str(src["location"]), str(src["key"]), tuple(src.get("files", ())))
         manifest = Manifest(
@@ -245,8 +246,8 @@ def _check(m: Manifest, path: Path) -> None:
 
 
 def verify_files(m: Manifest, components: list[str] | None = None, precisions: list[str] | None = None) -> list[Path]:
-    """sha256 of the bundle's graphs and data files against the manifest (t2vrt.safety.integrity: a verdict cache
-    outside the bundle spares re-hashing unchanged files). UsageError naming the first file that differs; returns the
+    """sha256 of the bundle's graphs and data files (and, for the whole bundle, its tokenizer file) against the
+    manifest (t2vrt.safety.integrity: a verdict cache outside the bundle spares re-hashing unchanged files). UsageError naming the first file that differs; returns the
     files that had to be hashed."""
     expected = []
     for name, c in m.components.items():
@@ -256,7 +257,18 @@ def verify_files(m: Manifest, components: list[str] | None = None, precisions: l
                 expected.append(integrity.Expected(f.path, f.sha256, graph_size))
                 if f.data is not None and f.data_sha256:
                     expected.append(integrity.Expected(f.data, f.data_sha256))
+    if components is None:
+        expected += _tokenizer_expected(m)
     return integrity.verify(expected, what="bundle")
+
+
+def verify_tokenizer(m: Manifest) -> None:
+    """The tokenizer file against the manifest's sha256 (a tampered vocabulary would change every prompt's ids)."""
+    integrity.verify(_tokenizer_expected(m), what="bundle")
+
+
+def _tokenizer_expected(m: Manifest) -> list[integrity.Expected]:
+    return [integrity.Expected(m.tokenizer_path, m.tokenizer.sha256)] if m.tokenizer.sha256 else []
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

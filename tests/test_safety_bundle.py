@@ -77,6 +77,17 @@ def test_a_flipped_byte_is_caught_by_info_and_generate(bundle: Path, tmp_path: P
     assert "model.onnx fails its sha256 check" in msg and not (tmp_path / "o.gif").exists()
 
 
+def test_a_changed_tokenizer_is_caught_by_info_and_generate(bundle: Path, tmp_path: Path) -> None:
+    assert len(load_manifest(bundle).tokenizer.sha256) == 64  # recorded by the export
+    f = bundle / "tokenizer.json"
+    f.write_text(f.read_text().replace('"a</w>"', '"b</w>"', 1))  # one vocabulary entry: other ids, same graphs
+    assert "tokenizer.json fails its sha256 check" in _one_line_error(["info", str(bundle)])
+    msg = _one_line_error(
+        ["generate", "x", "--bundle", str(bundle), "-o", str(tmp_path / "o.gif"), "-q", "--backend", "onnxruntime-cpu"]
+    )
+    assert "tokenizer.json fails its sha256 check" in msg and not (tmp_path / "o.gif").exists()
+
+
 @pytest.mark.parametrize(
     "edit, why",
     [

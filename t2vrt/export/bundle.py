@@ -112,8 +112,9 @@ def export_bundle(opts: ExportOptions, progress: Progress = lambda s: None) -> P
     # Built in a hidden temp dir, swapped in atomically (t2vrt.safety.atomic); an error, Ctrl-C or SIGTERM removes
     # it. The old bundle's engines and any file a user put there are carried into the new one, never deleted.
     with staged as tmp:
-        tok = TokenizerInfo("tokenizer.json", plan.config.text_encoder.context_length)
-        write_tokenizer_json(tmp / tok.file, context_length=tok.context_length)  # the fp16 gate reads it
+        ctx = plan.config.text_encoder.context_length
+        write_tokenizer_json(tmp / "tokenizer.json", context_length=ctx)  # the fp16 gate reads it
+        tok = TokenizerInfo("tokenizer.json", ctx, sha256=sha256_file(tmp / "tokenizer.json"))
         manifest = _execute(plan, read, tmp, tok, progress)
         write_json_atomic(tmp / MANIFEST_NAME, manifest.to_json())
         staged.commit()

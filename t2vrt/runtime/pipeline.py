@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from t2vrt.manifest import Manifest, load_manifest
+from t2vrt.manifest import Manifest, load_manifest, verify_tokenizer
 from t2vrt.runtime import samplers, schedulers, v2v
 from t2vrt.runtime.backend import Backend, Runner
 from t2vrt.runtime.backends import BackendOptions, select_backend
@@ -59,6 +59,7 @@ class Pipeline:
     @classmethod
     def from_bundle(cls, bundle: str | Path, backend: str = "auto", options: BackendOptions | None = None) -> Pipeline:
         manifest = load_manifest(bundle)
+        verify_tokenizer(manifest)
         tokenizer = Tokenizer.from_file(manifest.tokenizer_path, context_length=manifest.tokenizer.context_length)
         chosen, note = select_backend(manifest, backend, options)
         return cls(manifest, chosen, tokenizer, note)
