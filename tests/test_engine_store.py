@@ -15,7 +15,7 @@ from t2vrt.components import COMPONENTS
 from t2vrt.config import preset
 from t2vrt.engine import store
 from t2vrt.engine.facts import bundle_facts, make_plan
-from t2vrt.engine.planner import GiB, Request
+from t2vrt.engine.plans import GiB, Request
 from t2vrt.manifest import write_json_atomic
 
 HERE = store.Target("NVIDIA GeForce RTX 3060", "8.6", "10.13.0")

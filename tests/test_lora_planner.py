@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from t2vrt.engine.facts import make_plan, preset_facts, request_from
-from t2vrt.engine.planner import GiB, Plan, Request
+from t2vrt.engine.plans import GiB, Plan, Request
 from t2vrt.errors import UsageError
 
 

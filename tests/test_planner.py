@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from t2vrt.cli import cli
 from t2vrt.engine.facts import make_plan, preset_facts
-from t2vrt.engine.planner import GiB, MiB, Plan, Request, fmt, parse_bytes
+from t2vrt.engine.plans import GiB, MiB, Plan, Request, fmt, parse_bytes
 from t2vrt.errors import UsageError
 
 CARDS = (4, 6, 8, 12, 16, 24)
@@ -90,7 +90,7 @@ def test_measured_device_memory_replaces_the_estimate(ms) -> None:
 
 
 def test_plan_round_trips_json(ms) -> None:
-    from t2vrt.engine.planner import Plan
+    from t2vrt.engine.plans import Plan
 
     p = make_plan(ms, SHAPES[1], 4 * GiB)
     assert Plan.from_json(json.loads(json.dumps(p.to_json()))) == p
@@ -163,7 +163,7 @@ def _with_measured(ms, **per_engine):
 def test_free_memory_is_not_reduced_by_the_cuda_context_again(ms) -> None:
     """cudaMemGetInfo creates this process's context before it measures: its free memory already excludes it. A
     --vram figure is the card's size: the context comes out of that one only."""
-    from t2vrt.engine.planner import CONTEXT_RESERVE
+    from t2vrt.engine.plans import CONTEXT_RESERVE
 
     req = SHAPES[0]
     card, free = make_plan(ms, req, 6 * GiB), make_plan(ms, req, 6 * GiB, free=True)
@@ -195,7 +195,7 @@ def test_card_memory_says_which_figure_it_is() -> None:
 def test_workspace_is_counted_once(ms) -> None:
     """TensorRT's measured device_memory_size_v2 already holds the tactics' scratch (bounded by the workspace): the
     planner adds the workspace to an estimate, never on top of a measured figure."""
-    from t2vrt.engine.planner import RUNTIME_RESERVE
+    from t2vrt.engine.plans import RUNTIME_RESERVE
     from t2vrt.engine.sizes import Measured
 
     req = SHAPES[0]
@@ -220,7 +220,7 @@ def test_workspace_is_counted_once(ms) -> None:
 
 
 def test_resident_block_takes_the_larger_of_measured_and_estimate_plus_workspace(ms) -> None:
-    from t2vrt.engine.planner import RUNTIME_RESERVE
+    from t2vrt.engine.plans import RUNTIME_RESERVE
     from t2vrt.engine.sizes import Measured
 
     req = SHAPES[0]
@@ -235,7 +235,7 @@ def test_resident_block_takes_the_larger_of_measured_and_estimate_plus_workspace
 def test_streaming_budget_is_derived_by_the_planner(ms) -> None:
     """weight_streaming_budget_v2 counts streamable bytes only: the plan's budget is the resident bytes minus the
     weights that cannot stream, and a plan never keeps fewer bytes on the card than those."""
-    from t2vrt.engine.planner import streaming_budget
+    from t2vrt.engine.plans import streaming_budget
     from t2vrt.engine.sizes import Measured
 
     req = SHAPES[1]
@@ -258,7 +258,7 @@ def test_streaming_budget_is_derived_by_the_planner(ms) -> None:
 def test_plan_says_when_the_build_will_not_fit(ms) -> None:
     """TensorRT's builder holds all of an engine's weights, the tensors it times and its kernel library: on a 4 GiB
     card the streaming UNet runs but cannot be built, and the plan says so (and what would build) before building."""
-    from t2vrt.engine.planner import BUILDER_RESERVE
+    from t2vrt.engine.plans import BUILDER_RESERVE
 
     p = make_plan(ms, SHAPES[1], 4 * GiB)
     unet = p.engine("unet")

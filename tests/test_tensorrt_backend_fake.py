@@ -22,7 +22,7 @@ from fakes.tensorrt import FakeHostMemory, FakeTensorRT
 
 from t2vrt.engine import build, store
 from t2vrt.engine.facts import bundle_facts, make_plan
-from t2vrt.engine.planner import CONTEXT_RESERVE, RUNTIME_RESERVE, Plan, Request
+from t2vrt.engine.plans import CONTEXT_RESERVE, RUNTIME_RESERVE, Plan, Request
 from t2vrt.errors import T2VError, UsageError
 from t2vrt.manifest import load_manifest
 from t2vrt.runtime.onnxruntime_backend import OnnxRuntimeBackend, make_session

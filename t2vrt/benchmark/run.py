@@ -142,7 +142,7 @@ def _torch_runner(
 def _planner_prediction(manifest: Manifest, backend: Any, o: GenerateOptions) -> dict[str, Any] | None:
     """The engine planner's device-memory prediction: the built engines' plan, else a plan for this card."""
     try:
-        from t2vrt.engine.planner import Plan, Request
+        from t2vrt.engine.plans import Plan, Request
     except ImportError:
         return None
     try:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from t2vrt.engine import store
-from t2vrt.engine.planner import EnginePlan, Plan, fmt, streaming_budget
+from t2vrt.engine.plans import EnginePlan, Plan, fmt, streaming_budget
 from t2vrt.engine.sizes import Measured
 from t2vrt.errors import T2VError, UsageError
 from t2vrt.manifest import Manifest, write_json_atomic

@@ -9,7 +9,8 @@ from t2vrt import iospec
 from t2vrt.components import io_specs
 from t2vrt.config import PRESETS, Defaults, ModelConfig
 from t2vrt.engine import store
-from t2vrt.engine.planner import CONTEXT_RESERVE, MAX_VAE_CHUNK, Plan, Request, fmt, parse_bytes, plan
+from t2vrt.engine.planner import plan
+from t2vrt.engine.plans import CONTEXT_RESERVE, MAX_VAE_CHUNK, Plan, Request, fmt, parse_bytes
 from t2vrt.engine.sizes import Sizes, analytic_sizes, bundle_sizes
 from t2vrt.errors import UsageError
 from t2vrt.manifest import Manifest, load_manifest

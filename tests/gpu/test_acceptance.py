@@ -85,7 +85,7 @@ def test_mode(
 ) -> None:
     from t2vrt.engine import build
     from t2vrt.engine.facts import bundle_facts, make_plan
-    from t2vrt.engine.planner import Request, parse_bytes
+    from t2vrt.engine.plans import Request, parse_bytes
     from t2vrt.manifest import load_manifest
     from t2vrt.runtime import cuda
     from t2vrt.runtime.onnxruntime_backend import OnnxRuntimeBackend

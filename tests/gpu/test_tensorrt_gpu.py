@@ -31,7 +31,7 @@ def psnr(a: np.ndarray, b: np.ndarray, peak: float = 2.0) -> float:
 def built(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory):
     from t2vrt.engine.build import build, current_target
     from t2vrt.engine.facts import bundle_facts, make_plan, request_from
-    from t2vrt.engine.planner import GiB
+    from t2vrt.engine.plans import GiB
 
     bundle = tmp_path_factory.mktemp("trt") / "tiny"
     shutil.copytree(tiny_bundle, bundle)
