@@ -203,7 +203,7 @@ def test_too_many_frames_without_a_count(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_clip_modules_never_import_torch() -> None:
     code = (
-        "import sys, json, t2vrt.runtime.clip, t2vrt.runtime.metadata, t2vrt.runtime.vid2vid, t2vrt.runtime.v2v, "
+        "import sys, json, t2vrt.runtime.clip, t2vrt.runtime.metadata, t2vrt.runtime.vid2vid_math, t2vrt.runtime.vid2vid_stage, "
         "t2vrt.runtime.extend, t2vrt.commands.upscale, t2vrt.commands.extend\n"
         "print(json.dumps([m for m in ('torch', 'onnx', 't2vrt.models') if m in sys.modules]))"
     )

@@ -161,7 +161,7 @@ def test_generate_from_a_clip_and_from_an_image(tiny_bundle: Path, clip: Path, t
     import imageio.v3 as iio
 
     run = CliRunner().invoke
-    out = tmp_path / "v2v.mp4"
+    out = tmp_path / "vid2vid_stage.mp4"
     r = run(
         cli,
         [

@@ -61,7 +61,7 @@ def command(
     from t2vrt.runtime.extend import extend
     from t2vrt.runtime.options import resolve_options
     from t2vrt.runtime.pipeline import Pipeline
-    from t2vrt.runtime.vid2vid import continuation_length
+    from t2vrt.runtime.vid2vid_math import continuation_length
     from t2vrt.runtime.video import check_output_path, save_video
 
     out = output if output is not None else clip.with_name(f"{clip.stem}_extended.mp4")

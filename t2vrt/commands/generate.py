@@ -135,7 +135,7 @@ def command(
 
         latents = load_npy(latents_file, ndim=5, what=f"--latents {latents_file}")
     posterior = read_posterior_noise(posterior_noise)
-    from t2vrt.runtime.v2v import Init
+    from t2vrt.runtime.vid2vid_stage import Init
 
     Init(init_video, init_image, None, strength, start_frame, hold_frames, posterior).check()  # before any loading
 

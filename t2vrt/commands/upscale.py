@@ -112,7 +112,7 @@ def command(
     from t2vrt.runtime.clip import read_clip
     from t2vrt.runtime.options import resolve_options
     from t2vrt.runtime.pipeline import Pipeline
-    from t2vrt.runtime.vid2vid import check_strength
+    from t2vrt.runtime.vid2vid_math import check_strength
     from t2vrt.runtime.video import check_output_path, save_video
 
     width, height = parse_size(size)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from t2vrt.runtime import v2v, vid2vid
+from t2vrt.runtime import vid2vid_math, vid2vid_stage
 from t2vrt.runtime.clip import read_clip
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ class Extended:
 
 def extend(
     pipe: Pipeline,
-    clip: v2v.ClipSource,
+    clip: vid2vid_stage.ClipSource,
     prompt: str,
     overlap: int,
     windows: int = 1,
@@ -56,8 +56,8 @@ def extend(
         frames, fps, source_record = c.frames, c.fps, c.metadata
     else:
         frames, fps, source_record = np.asarray(clip), None, None
-        v2v.load_frames(frames, len(frames), (frames.shape[2], frames.shape[1]))  # the array checks
-    total = vid2vid.continuation_length(len(frames), window, overlap, windows)
+        vid2vid_stage.load_frames(frames, len(frames), (frames.shape[2], frames.shape[1]))  # the array checks
+    total = vid2vid_math.continuation_length(len(frames), window, overlap, windows)
     h, w = frames.shape[1:3]
     o_fps = fps or m.defaults.fps
     video = frames
@@ -67,11 +67,13 @@ def extend(
     for i in range(windows):
         if known is None:  # window 1: the clip's last frames, encoded (the posterior's mean: no extra draw)
             rng = np.random.default_rng(seed)
-            known = v2v.encode_with(pipe.backend, m, video[-overlap:], generate.get("vae_chunk") or 0, "mean", rng)
+            known = vid2vid_stage.encode_with(
+                pipe.backend, m, video[-overlap:], generate.get("vae_chunk") or 0, "mean", rng
+            )
         out = pipe(prompt, num_frames=window, height=h, width=w, seed=seed + i, hold_latents=known, **generate)
         assert out.latents is not None
         known = out.latents[:, :, -overlap:]
-        video = vid2vid.stitch(video, out.frames, overlap)
+        video = vid2vid_math.stitch(video, out.frames, overlap)
         for k, v in out.timings.items():
             timings[k] = timings.get(k, 0.0) + v
         last_record = dict(out.record or {})

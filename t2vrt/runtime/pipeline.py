@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from t2vrt.manifest import Manifest, load_manifest, verify_tokenizer
-from t2vrt.runtime import samplers, schedulers, v2v
+from t2vrt.runtime import samplers, schedulers, vid2vid_stage
 from t2vrt.runtime.backend import Backend, Runner
 from t2vrt.runtime.backends import BackendOptions, select_backend
 from t2vrt.runtime.denoiser import GuidedDenoiser
@@ -89,13 +89,13 @@ class Pipeline:
         guidance_batch: int | None = None,
         vae_chunk: int | None = None,
         callback: StepCallback | None = None,
-        init_video: v2v.ClipSource | None = None,
+        init_video: vid2vid_stage.ClipSource | None = None,
         strength: float | None = None,
         start_frame: int = 0,
-        init_image: v2v.ClipSource | None = None,
+        init_image: vid2vid_stage.ClipSource | None = None,
         hold_frames: int | None = None,
         hold_latents: np.ndarray | None = None,
-        posterior_noise: v2v.PosteriorNoise = None,
+        posterior_noise: vid2vid_stage.PosteriorNoise = None,
         hold_noise: Sequence[np.ndarray] | None = None,
         fit: str = "crop",
     ) -> Video:
@@ -104,7 +104,7 @@ class Pipeline:
         remains, and denoised from there; `posterior_noise` is the VAE posterior's draw ("mean": none). With
         `init_image` the first `hold_frames` frames hold the image's latents at every step (image-to-video);
         `hold_latents` (1, c, k, h, w) holds given latents instead (continuation, t2vrt.runtime.extend)."""
-        init = v2v.Init(
+        init = vid2vid_stage.Init(
             init_video, init_image, hold_latents, strength, start_frame, hold_frames, posterior_noise, hold_noise, fit
         )
         init.check()
@@ -130,7 +130,7 @@ class Pipeline:
         x = check_latents(latents, o, self.manifest) if latents is not None else rng.standard_normal(shape, np.float32)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        start = v2v.prepare(init, o, x, rng, self.manifest, self.backend, self.alphas_cumprod)
+        start = vid2vid_stage.prepare(init, o, x, rng, self.manifest, self.backend, self.alphas_cumprod)
         if start is not None:
             x = start.x
             timings["init_encode"] = time.perf_counter() - t0
@@ -148,7 +148,7 @@ class Pipeline:
         frames = self.decode(x, o.vae_chunk)
         timings["decode"] = time.perf_counter() - t0
         fps = self.manifest.defaults.fps
-        meta = v2v.record(o, self.manifest, start.record if start is not None else None, fps)
+        meta = vid2vid_stage.record(o, self.manifest, start.record if start is not None else None, fps)
         return Video(frames, fps, o, self.backend.name, timings, meta, x)
 
     def _stage(self, component: str) -> _Stage:
@@ -169,7 +169,7 @@ class Pipeline:
         o: GenerateOptions,
         rng: np.random.Generator,
         callback: StepCallback | None = None,
-        start: v2v.Start | None = None,
+        start: vid2vid_stage.Start | None = None,
     ) -> np.ndarray:
         sampler = samplers.get(o.scheduler)
         if start is not None:  # video-to-video / held frames: the kept tail of the schedule

@@ -114,10 +114,10 @@ def _no_init(pipe: Any, accepts: frozenset[str]) -> str | None:
     """Why `pipe` cannot do video-to-video / image-to-video, in the runtime's own words; None when it can."""
     if "init_video" not in accepts:
         return "this t2vrt runtime's Pipeline takes no init_video"
-    from t2vrt.runtime import v2v
+    from t2vrt.runtime import vid2vid_stage
 
-    if v2v.ENCODER not in pipe.manifest.components:
-        return str(v2v.encoder_missing(pipe.manifest))
+    if vid2vid_stage.ENCODER not in pipe.manifest.components:
+        return str(vid2vid_stage.encoder_missing(pipe.manifest))
     return None
 
 

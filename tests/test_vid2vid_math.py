@@ -10,7 +10,7 @@ import pytest
 
 from t2vrt.errors import UsageError
 from t2vrt.runtime import schedulers as S
-from t2vrt.runtime import vid2vid as V
+from t2vrt.runtime import vid2vid_math as V
 from t2vrt.runtime.samplers import sample
 
 torch = pytest.importorskip("torch")

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from t2vrt.errors import T2VError, UsageError
-from t2vrt.runtime import samplers, vid2vid
+from t2vrt.runtime import samplers, vid2vid_math
 from t2vrt.runtime.clip import read_clip, resize_frame
-from t2vrt.runtime.vid2vid import frames_to_images, posterior_latents, to_video
+from t2vrt.runtime.vid2vid_math import frames_to_images, posterior_latents, to_video
 
 if TYPE_CHECKING:
     from t2vrt.manifest import Manifest
@@ -156,7 +156,7 @@ class Init:
                 raise UsageError(f"{', '.join(extra)}: only with an init video or an init image")
             return
         if self.strength is not None:
-            vid2vid.check_strength(self.strength)
+            vid2vid_math.check_strength(self.strength)
         if self.hold_frames is not None and kind != "image":
             raise UsageError("hold frames go with an init image (--init-image); continuation holds the overlap")
         if self.start_frame and kind != "video":
@@ -177,11 +177,11 @@ class Start:
         """The eps model the sampler should call: holding the known frames when there are any."""
         if self.known is None or self.hold_noise is None:
             return eps
-        return vid2vid.holding_eps(eps, self.known, alphas_cumprod, self.hold_noise)
+        return vid2vid_math.holding_eps(eps, self.known, alphas_cumprod, self.hold_noise)
 
     def finish(self, x: np.ndarray, alphas_cumprod: np.ndarray) -> np.ndarray:
         """After the last step: the held frames become the known latents themselves."""
-        return x if self.known is None else vid2vid.hold(x, self.known, None, alphas_cumprod)
+        return x if self.known is None else vid2vid_math.hold(x, self.known, None, alphas_cumprod)
 
 
 def encoder_missing(manifest: Manifest) -> UsageError:
@@ -235,7 +235,7 @@ def prepare(
         raise encoder_missing(manifest)
     strength = DEFAULT_STRENGTH[kind] if init.strength is None else init.strength
     sampler = samplers.get(o.scheduler)
-    timesteps = vid2vid.kept_timesteps(
+    timesteps = vid2vid_math.kept_timesteps(
         sampler.timesteps(manifest.schedule.num_train_timesteps, o.num_inference_steps), strength
     )
     size = (o.width, o.height)
@@ -250,7 +250,7 @@ def prepare(
             record["source_prompt"] = clip_record["prompt"]
     elif kind == "image":
         assert init.image is not None
-        n = vid2vid.check_hold(1 if init.hold_frames is None else init.hold_frames, o.num_frames)
+        n = vid2vid_math.check_hold(1 if init.hold_frames is None else init.hold_frames, o.num_frames)
         frames, _, _ = load_frames(init.image, 1, size, 0, init.fit)
         one = encode_with(backend, manifest, frames, 1, init.posterior_noise, rng)  # (1, c, 1, h, w)
         z0 = np.repeat(one, o.num_frames, axis=2)
@@ -261,7 +261,7 @@ def prepare(
         k = known.shape[2]
         z0 = np.concatenate([known, np.repeat(known[:, :, -1:], noise.shape[2] - k, axis=2)], axis=2)
         record.update(hold_frames=k)
-    x = vid2vid.add_noise(z0.astype(np.float32), noise, int(timesteps[0]), alphas_cumprod)
+    x = vid2vid_math.add_noise(z0.astype(np.float32), noise, int(timesteps[0]), alphas_cumprod)
     hold_noise = None
     if known is not None:
         hold_noise = _hold_noise(init.hold_noise, known.shape, len(timesteps), rng)
