@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import torch
 from torch import nn
 
-from t2vrt.export.stream import export_streamed, to_torch
+from t2vrt.export.stream import export_streamed, torchscript_export
 from t2vrt.iospec import IOSpec
 
 # Protobuf's hard limit is 2 GiB; stay well under it (the full UNet is 5.6 GB fp32, 2.8 GB fp16).
@@ -27,29 +26,15 @@ def trace_to_onnx(
 ) -> Path | None:
     """Export `module` (whose forward takes the spec's inputs in order) to `path`; returns the data file if external.
 
-    The TorchScript exporter (dynamo=False) is used deliberately: it exports the full UNet in under a minute and keeps
-    every dynamic axis symbolic; the dynamo exporter costs minutes of fixed overhead and mistranslates
-    repeat_interleave with symbolic counts (microsoft/onnxscript#2548). Modules over EXTERNAL_DATA_THRESHOLD of
-    weights have them streamed into one data file (t2vrt.export.stream: one copy of the weights, not two); smaller
-    ones are tidied (constants folded, dead nodes dropped) and saved as one file.
-    """
+    Modules over EXTERNAL_DATA_THRESHOLD of weights have them streamed into one data file (t2vrt.export.stream: one
+    copy of the weights, not two); smaller ones are tidied (constants folded, dead nodes dropped) and saved as one
+    file. Either way through the TorchScript exporter (see stream.torchscript_export for why)."""
     if module_bytes(module) >= EXTERNAL_DATA_THRESHOLD:
         return export_streamed(module, spec, inputs, path, opset)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".trace-") as scratch:
         raw = Path(scratch) / "model.onnx"
-        with torch.no_grad():
-            torch.onnx.export(
-                module,
-                to_torch(inputs),
-                str(raw),
-                input_names=spec.input_names,
-                output_names=spec.output_names,
-                dynamic_axes=spec.dynamic_axes(),
-                opset_version=opset,
-                do_constant_folding=True,
-                dynamo=False,
-            )
+        torchscript_export(module, spec, inputs, raw, opset, weights=True)
         model = onnx.load(str(raw))
     onnx.save_model(tidy(model), str(path))
     return None

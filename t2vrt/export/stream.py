@@ -165,9 +165,13 @@ class Traced:
         return data
 
 
-def trace_streamed(module: nn.Module, spec: IOSpec, inputs: dict[str, np.ndarray], path: Path, opset: int) -> Traced:
-    """Trace `module` (real or a placeholder) with its weights as graph inputs; nothing is written to `path` yet."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def torchscript_export(
+    module: nn.Module, spec: IOSpec, inputs: dict[str, np.ndarray], path: Path, opset: int, weights: bool
+) -> None:
+    """The one call of the TorchScript exporter (dynamo=False, deliberately: it exports the full UNet in under a minute
+    and keeps every dynamic axis symbolic; the dynamo exporter costs minutes of fixed overhead and mistranslates
+    repeat_interleave with symbolic counts, microsoft/onnxscript#2548). weights=False: parameters become graph inputs
+    named by their state-dict keys, nothing is constant-folded."""
     with torch.no_grad():
         torch.onnx.export(
             module,
@@ -177,10 +181,16 @@ def trace_streamed(module: nn.Module, spec: IOSpec, inputs: dict[str, np.ndarray
             output_names=spec.output_names,
             dynamic_axes=spec.dynamic_axes(),
             opset_version=opset,
-            export_params=False,
-            do_constant_folding=False,
+            export_params=weights,
+            do_constant_folding=weights,
             dynamo=False,
         )
+
+
+def trace_streamed(module: nn.Module, spec: IOSpec, inputs: dict[str, np.ndarray], path: Path, opset: int) -> Traced:
+    """Trace `module` (real or a placeholder) with its weights as graph inputs; nothing is written to `path` yet."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torchscript_export(module, spec, inputs, path, opset, weights=False)
     model = onnx.load(str(path))
     path.unlink()  # written by Traced.write, with its initializers
     graph = model.graph
