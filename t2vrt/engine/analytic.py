@@ -30,6 +30,23 @@ class _Walk:
     def op(self, *live: int) -> None:
         self.peak = max(self.peak, self.held + sum(live))
 
+    def vae_res(self, cin: int, cout: int, n_pos: int) -> None:
+        """The VAE's ResnetBlock at `n_pos` positions: norm, conv 3x3, norm, conv 3x3, 1x1 shortcut if widened."""
+        self.params += 2 * cin + _conv(cin, cout, 9) + 2 * cout + _conv(cout, cout, 9)
+        self.params += _conv(cin, cout, 1) if cin != cout else 0
+        i, o = cin * n_pos, cout * n_pos
+        self.op(i, i, o)
+        self.op(i, o, o)
+        self.op(i, o, o)
+        self.op(o, o, o)
+
+    def vae_mid(self, ch: int, n_pos: int) -> None:
+        """The VAE's middle: res block, single-head attention (norm, q, k, v, proj_out), res block."""
+        self.vae_res(ch, ch, n_pos)
+        self.params += 2 * ch + 4 * _conv(ch, ch, 1)
+        self.op(ch * n_pos, ch * n_pos, 3 * ch * n_pos, ch * n_pos)
+        self.vae_res(ch, ch, n_pos)
+
 
 def _linear(i: int, o: int, bias: bool = True) -> int:
     return i * o + (o if bias else 0)
@@ -152,28 +169,16 @@ def vae_decoder(cfg: VAEConfig, images: int, lh: int, lw: int) -> tuple[int, int
     z, emb = cfg.z_channels, cfg.embed_dim
     w = _Walk()
 
-    def res(cin: int, cout: int, n_pos: int) -> None:
-        w.params += 2 * cin + _conv(cin, cout, 9) + 2 * cout + _conv(cout, cout, 9)
-        w.params += _conv(cin, cout, 1) if cin != cout else 0
-        i, o = cin * n_pos, cout * n_pos
-        w.op(i, i, o)
-        w.op(i, o, o)
-        w.op(i, o, o)
-        w.op(o, o, o)
-
     levels = len(mult)
     pos = [images * (lh * 2**k) * (lw * 2**k) for k in range(levels)]  # pos[k]: after k upsamplings
     ch = ch0 * mult[-1]
     w.params += _conv(emb, z, 1) + _conv(z, ch, 9)
     w.op(z * pos[0], ch * pos[0])
-    res(ch, ch, pos[0])
-    w.params += 2 * ch + 4 * _conv(ch, ch, 1)  # mid attention: norm, q, k, v, proj_out
-    w.op(ch * pos[0], ch * pos[0], 3 * ch * pos[0], ch * pos[0])
-    res(ch, ch, pos[0])
+    w.vae_mid(ch, pos[0])
     for k, lvl in enumerate(reversed(range(levels))):
         out = ch0 * mult[lvl]
         for _ in range(nres + 1):
-            res(ch, out, pos[k])
+            w.vae_res(ch, out, pos[k])
             ch = out
         if lvl:
             w.params += _conv(ch, ch, 9)
@@ -189,15 +194,6 @@ def vae_encoder(cfg: VAEConfig, images: int, lh: int, lw: int) -> tuple[int, int
     z, emb = cfg.z_channels, cfg.embed_dim
     w = _Walk()
 
-    def res(cin: int, cout: int, n_pos: int) -> None:
-        w.params += 2 * cin + _conv(cin, cout, 9) + 2 * cout + _conv(cout, cout, 9)
-        w.params += _conv(cin, cout, 1) if cin != cout else 0
-        i, o = cin * n_pos, cout * n_pos
-        w.op(i, i, o)
-        w.op(i, o, o)
-        w.op(i, o, o)
-        w.op(o, o, o)
-
     levels = len(mult)
     pos = [images * (lh * 2**k) * (lw * 2**k) for k in reversed(range(levels))]  # pos[i]: at level i (0 = full)
     ch = ch0
@@ -206,16 +202,13 @@ def vae_encoder(cfg: VAEConfig, images: int, lh: int, lw: int) -> tuple[int, int
     for i in range(levels):
         out = ch0 * mult[i]
         for _ in range(nres):
-            res(ch, out, pos[i])
+            w.vae_res(ch, out, pos[i])
             ch = out
         if i + 1 < levels:
             w.params += _conv(ch, ch, 9)
             w.op(ch * pos[i], ch * pos[i], ch * pos[i + 1])  # zero pad (bottom/right), stride-2 conv
     p = pos[-1]
-    res(ch, ch, p)
-    w.params += 2 * ch + 4 * _conv(ch, ch, 1)  # mid attention: norm, q, k, v, proj_out
-    w.op(ch * p, ch * p, 3 * ch * p, ch * p)
-    res(ch, ch, p)
+    w.vae_mid(ch, p)
     w.params += 2 * ch + _conv(ch, 2 * z, 9) + _conv(2 * z, 2 * emb, 1)
     w.op(ch * p, ch * p, 2 * z * p)
     w.op(2 * z * p, 2 * emb * p, 2 * emb * p)  # quant_conv, then the mean / logvar halves
