@@ -1,9 +1,6 @@
-"""`t2vrt build` and the engine builder on a CPU, against the faithful fakes in tests/fakes/ (a fake `tensorrt` and a fake
-`cuda.bindings.runtime` that fail the way the real ones do: see their docstrings for the sources).
-
-Nothing of t2vrt is monkeypatched: `build_all` runs the real `build_engine` and `measure` against the fake TensorRT,
-the backend runs its engines (each the component's fp32 graph in ONNX Runtime, on bytes kept in fake device memory),
-and frames are compared with ONNX Runtime's. Each test names the TensorRT / CUDA semantics it holds the code to.
+"""`t2vrt build` and the engine builder on a CPU, against the faithful fakes (see test_tensorrt_backend_fake.py): the
+real `build_all`, `build_engine` and `measure`, re-planning when TensorRT's figures exceed the plan, builder memory on
+small cards, engine keys. Each test names the TensorRT semantics it holds the code to.
 """
 
 from __future__ import annotations
