@@ -172,8 +172,9 @@ def _load(plan: ExportPlan, read: PartReader, name: str, progress: Progress) -> 
 def _export_components(
     plan: ExportPlan, read: PartReader, files: dict[str, dict[str, ComponentFile]], tmp: Path, progress: Progress
 ) -> dict[str, float] | None:
-    """Component by component: load it, take its fp32 references (and its stage of the fp16 gate's chain), trace
-    each precision, drop it, then gate its graphs; at the end, the fp16 chain through the fp16 graphs.
+    """Component by component: trace its big graphs from a placeholder, load it, take its fp32 references (and its
+    stage of the fp16 gate's chain), stream the big graphs' weights and trace the small ones, drop it, then gate its
+    graphs; at the end, the fp16 chain through the fp16 graphs.
 
     At full size only one PyTorch module is ever loaded; a big graph is traced from a placeholder before it, and its
     weights (fp32, or cast to fp16 one tensor at a time) are streamed from it; an ORT session never shares memory
