@@ -25,7 +25,7 @@ from t2vrt.export import gates, onnx_io
 from t2vrt.export.loras import apply_loras, plan_loras, with_few_step_defaults
 from t2vrt.export.memory import release_memory
 from t2vrt.export.numerics import sample_inputs
-from t2vrt.export.onnx_io import module_bytes, trace_to_onnx
+from t2vrt.export.onnx_io import trace_to_onnx
 from t2vrt.export.owner import legacy_bundle
 from t2vrt.export.plan import ExportOptions, ExportPlan, make_plan, read_previous, sha256_file
 from t2vrt.export.stream import Traced, named_weights, placeholder, trace_streamed
@@ -196,14 +196,16 @@ def _export_components(
         # before the real weights are loaded, and they are then streamed into the graph's data file.
         streamed: dict[str, tuple[Traced, float]] = {}
         for p in jobs:
+            if _weight_bytes(c.build, cfg, DTYPES[p]) < onnx_io.EXTERNAL_DATA_THRESHOLD:
+                continue
             t0 = time.perf_counter()
-            ghost = EngineIO(placeholder(partial(c.build, cfg), DTYPES[p]), DTYPES[p], fp32_inputs)
-            if module_bytes(ghost) >= onnx_io.EXTERNAL_DATA_THRESHOLD:
-                progress(f"{name} {p}: tracing to ONNX (opset {plan.options.opset}), weights streamed after loading")
-                path = tmp / name / p / "model.onnx"
-                streamed[p] = (trace_streamed(ghost, spec, trace, path, plan.options.opset), time.perf_counter() - t0)
+            progress(f"{name} {p}: tracing to ONNX (opset {plan.options.opset}), weights streamed after loading")
+            # fp16 placeholders are materialised (fast fp16 CPU kernels): at full size 2.8 GB, before anything loads
+            ghost = EngineIO(placeholder(partial(c.build, cfg), DTYPES[p], p == "fp16"), DTYPES[p], fp32_inputs)
+            path = tmp / name / p / "model.onnx"
+            streamed[p] = (trace_streamed(ghost, spec, trace, path, plan.options.opset), time.perf_counter() - t0)
             del ghost
-        release_memory()
+            release_memory()
 
         module = _load(plan, read, name, progress)
         check = sample_inputs(spec, c.check_dims, seed=1, vocab_size=vocab)
@@ -258,6 +260,14 @@ def _export_components(
     result = gates.check_fp16_chain(frames16, chain32.frames)
     progress(f"fp16 gate: decoded frames {result['psnr_db']:.1f} dB PSNR vs fp32 (bar {gates.FP16_PSNR_BAR_DB:.0f} dB)")
     return result
+
+
+def _weight_bytes(build: Callable[[ModelConfig], nn.Module], cfg: ModelConfig, dtype: torch.dtype) -> int:
+    """A component's weight bytes in `dtype` (floats in it, the rest as they are), from its meta-device build."""
+    with torch.device("meta"):
+        m = build(cfg)
+    weights = [*m.parameters(), *m.buffers()]  # as onnx_io.module_bytes counts them
+    return sum(t.numel() * (dtype.itemsize if t.is_floating_point() else t.element_size()) for t in weights)
 
 
 def _chain_inputs(cfg: ModelConfig, tokenizer_file: Path) -> gates.ChainInputs:
