@@ -247,8 +247,8 @@ def _check(m: Manifest, path: Path) -> None:
 
 def verify_files(m: Manifest, components: list[str] | None = None, precisions: list[str] | None = None) -> list[Path]:
     """sha256 of the bundle's graphs and data files (and, for the whole bundle, its tokenizer file) against the
-    manifest (t2vrt.safety.integrity: a verdict cache outside the bundle spares re-hashing unchanged files). UsageError naming the first file that differs; returns the
-    files that had to be hashed."""
+    manifest (t2vrt.safety.integrity: a verdict cache outside the bundle spares re-hashing unchanged files).
+    UsageError naming the first file that differs; returns the files that had to be hashed."""
     expected = []
     for name, c in m.components.items():
         for p, f in c.files.items():

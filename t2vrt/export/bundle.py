@@ -25,7 +25,7 @@ from t2vrt.export import gates, onnx_io
 from t2vrt.export.loras import apply_loras, plan_loras, with_few_step_defaults
 from t2vrt.export.memory import release_memory
 from t2vrt.export.numerics import sample_inputs
-from t2vrt.export.onnx_io import trace_to_onnx
+from t2vrt.export.onnx_io import module_bytes, trace_to_onnx
 from t2vrt.export.owner import legacy_bundle
 from t2vrt.export.plan import ExportOptions, ExportPlan, make_plan, read_previous, sha256_file
 from t2vrt.export.stream import Traced, named_weights, placeholder, trace_streamed
@@ -195,8 +195,10 @@ def _export_components(
         # Big graphs are traced first, from a placeholder (no weights behind it): the tracer's memory is handed back
         # before the real weights are loaded, and they are then streamed into the graph's data file.
         streamed: dict[str, tuple[Traced, float]] = {}
+        with torch.device("meta"):
+            shape_only = c.build(cfg)
         for p in jobs:
-            if _weight_bytes(c.build, cfg, DTYPES[p]) < onnx_io.EXTERNAL_DATA_THRESHOLD:
+            if module_bytes(shape_only, DTYPES[p]) < onnx_io.EXTERNAL_DATA_THRESHOLD:
                 continue
             t0 = time.perf_counter()
             progress(f"{name} {p}: tracing to ONNX (opset {plan.options.opset}), weights streamed after loading")
@@ -231,8 +233,7 @@ def _export_components(
         release_memory()
         # Gate after the module is gone: at full size an ORT session of the UNet never shares memory with it.
         for p, path, data, t_export in traced:
-            got = run_once(path, check, spec.output_names)[0]
-            release_memory()
+            got = _check_run(path, check, spec.output_names)
             parity = gates.check_component(name, p, got, ref)
             size = path.stat().st_size + (data.stat().st_size if data else 0)
             files[name][p] = ComponentFile(
@@ -252,9 +253,7 @@ def _export_components(
 
     def run16(name: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """Each fp16 graph (new or reused) loaded for its one call in the chain, then freed."""
-        out = run_once(files[name]["fp16"].path, inputs)[0]
-        release_memory()
-        return out
+        return _check_run(files[name]["fp16"].path, inputs)
 
     frames16 = gates.chain_frames(run16, chain_in)
     result = gates.check_fp16_chain(frames16, chain32.frames)
@@ -262,12 +261,11 @@ def _export_components(
     return result
 
 
-def _weight_bytes(build: Callable[[ModelConfig], nn.Module], cfg: ModelConfig, dtype: torch.dtype) -> int:
-    """A component's weight bytes in `dtype` (floats in it, the rest as they are), from its meta-device build."""
-    with torch.device("meta"):
-        m = build(cfg)
-    weights = [*m.parameters(), *m.buffers()]  # as onnx_io.module_bytes counts them
-    return sum(t.numel() * (dtype.itemsize if t.is_floating_point() else t.element_size()) for t in weights)
+def _check_run(path: Path, inputs: dict[str, np.ndarray], output_names: list[str] | None = None) -> np.ndarray:
+    """A gate's one call of one graph (its first output), the session's memory handed back before the next stage."""
+    out = run_once(path, inputs, output_names)[0]
+    release_memory()
+    return out
 
 
 def _chain_inputs(cfg: ModelConfig, tokenizer_file: Path) -> gates.ChainInputs:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
 from torch import nn
 
 from t2vrt.export.stream import export_streamed, torchscript_export
@@ -17,8 +18,13 @@ from t2vrt.iospec import IOSpec
 EXTERNAL_DATA_THRESHOLD = 1 << 30
 
 
-def module_bytes(module: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+def module_bytes(module: nn.Module, dtype: torch.dtype | None = None) -> int:
+    """Bytes of its parameters and buffers; with `dtype`, as they would be with the floating ones cast to it."""
+
+    def size(t: torch.Tensor) -> int:
+        return dtype.itemsize if dtype is not None and t.is_floating_point() else t.element_size()
+
+    return sum(t.numel() * size(t) for t in [*module.parameters(), *module.buffers()])
 
 
 def trace_to_onnx(

@@ -1,5 +1,5 @@
-"""The TensorRT backend (and its availability checks) on a CPU, against the faithful fakes in tests/fakes/ (a fake `tensorrt` and a fake
-`cuda.bindings.runtime` that fail the way the real ones do: see their docstrings for the sources).
+"""The TensorRT backend (and its availability checks) on a CPU, against the faithful fakes in tests/fakes/ (a fake
+`tensorrt` and a fake `cuda.bindings.runtime` that fail the way the real ones do: see their docstrings for the sources).
 
 Nothing of t2vrt is monkeypatched: `build_all` runs the real `build_engine` and `measure` against the fake TensorRT,
 the backend runs its engines (each the component's fp32 graph in ONNX Runtime, on bytes kept in fake device memory),
