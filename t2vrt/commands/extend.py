@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -55,8 +54,7 @@ def command(
     quiet: bool,
 ) -> None:
     """Continue CLIP by --windows windows, each holding the last --overlap frames so far; write the stitched video."""
-    from tqdm import tqdm
-
+    from t2vrt.commands.progress import step_bar
     from t2vrt.runtime.clip import read_clip
     from t2vrt.runtime.extend import extend
     from t2vrt.runtime.options import resolve_options
@@ -77,11 +75,7 @@ def command(
         click.echo(
             f"extending {c.num_frames} frames to {total} ({windows} window(s) of {window}, {overlap} held)", err=True
         )
-        bar = tqdm(total=None, desc="window 1", unit="step", disable=quiet, file=sys.stderr)
-
-        def on_step(i: int, n: int) -> None:
-            bar.total = n
-            bar.update(1)
+        bar, on_step = step_bar("window 1", quiet)
 
         def on_window(w: int, n: int) -> None:
             if w < n:

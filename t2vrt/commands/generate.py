@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -121,8 +120,7 @@ def command(
     quiet: bool,
 ) -> None:
     """Generate a video for PROMPT with a bundle's engines."""
-    from tqdm import tqdm
-
+    from t2vrt.commands.progress import step_bar
     from t2vrt.runtime.pipeline import Pipeline
     from t2vrt.runtime.video import check_output_path
 
@@ -141,11 +139,7 @@ def command(
 
     with Pipeline.from_bundle(bundle, backend=backend) as pipe:
         click.echo(f"backend: {pipe.selection_note}", err=True)
-        bar = tqdm(total=None, desc="denoising", unit="step", disable=quiet, file=sys.stderr)
-
-        def on_step(i: int, n: int) -> None:
-            bar.total = n
-            bar.update(1)
+        bar, on_step = step_bar("denoising", quiet)
 
         try:
             video = pipe(

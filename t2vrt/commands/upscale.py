@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import click
@@ -107,8 +106,7 @@ def command(
     quiet: bool,
 ) -> None:
     """Redraw CLIP at --size with a bundle (video-to-video), reusing the prompt t2vrt recorded in it."""
-    from tqdm import tqdm
-
+    from t2vrt.commands.progress import step_bar
     from t2vrt.runtime.clip import read_clip
     from t2vrt.runtime.options import resolve_options
     from t2vrt.runtime.pipeline import Pipeline
@@ -130,11 +128,7 @@ def command(
             f"upscaling {c.num_frames} frames {c.source_size[0]}x{c.source_size[1]} -> {width}x{height}: {text!r}",
             err=True,
         )
-        bar = tqdm(total=None, desc="denoising", unit="step", disable=quiet, file=sys.stderr)
-
-        def on_step(i: int, n: int) -> None:
-            bar.total = n
-            bar.update(1)
+        bar, on_step = step_bar("denoising", quiet)
 
         try:
             video = pipe(
