@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from support.hub import MS17B_SCHEDULER_CONFIG
 
 from t2vrt.errors import UsageError
 from t2vrt.runtime.consistency import (
@@ -22,19 +23,6 @@ diffusers = pytest.importorskip("diffusers")
 
 ACP = alphas_cumprod(scaled_linear_betas())
 SHAPE = (1, 4, 3, 4, 5)  # (b, c, f, h, w)
-
-# The base model's scheduler/scheduler_config.json (damo-vilab/text-to-video-ms-1.7b), which MCM turns into an
-# LCMScheduler with timestep_scaling 4.
-DDIM_CONFIG = {
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-}
 
 
 class T2VTurboSchedulerTranscription:
@@ -93,7 +81,7 @@ def test_schedules_match_the_reference_values() -> None:
 
 @pytest.mark.parametrize("steps", range(1, 9))
 def test_schedules_match_diffusers_and_t2v_turbo(steps: int) -> None:
-    lcm = diffusers.LCMScheduler.from_config(DDIM_CONFIG, timestep_scaling=4.0)
+    lcm = diffusers.LCMScheduler.from_config(MS17B_SCHEDULER_CONFIG, timestep_scaling=4.0)
     lcm.set_timesteps(steps)
     assert lcm_timesteps(1000, steps).tolist() == lcm.timesteps.tolist()
     ref = T2VTurboSchedulerTranscription()
@@ -122,7 +110,7 @@ def test_sampler_registry() -> None:
 
 @pytest.mark.parametrize("scaling", [4.0, 10.0])
 def test_boundary_scalings_match_diffusers(scaling: float) -> None:
-    lcm = diffusers.LCMScheduler.from_config(DDIM_CONFIG, timestep_scaling=scaling)
+    lcm = diffusers.LCMScheduler.from_config(MS17B_SCHEDULER_CONFIG, timestep_scaling=scaling)
     for t in (0, 1, 19, 259, 999):
         assert np.allclose(boundary_scalings(t, scaling), lcm.get_scalings_for_boundary_condition_discrete(t))
     assert boundary_scalings(0, scaling) == (1.0, 0.0)  # f(x, 0) = x
@@ -149,7 +137,7 @@ def test_last_step_returns_the_estimate_and_earlier_steps_need_noise() -> None:
 @pytest.mark.parametrize("steps", [1, 2, 4, 8])
 def test_loop_matches_diffusers_lcm_scheduler(steps: int, monkeypatch: pytest.MonkeyPatch) -> None:
     x0, noises = draws(steps - 1, seed=steps)
-    lcm = diffusers.LCMScheduler.from_config(DDIM_CONFIG, timestep_scaling=4.0)
+    lcm = diffusers.LCMScheduler.from_config(MS17B_SCHEDULER_CONFIG, timestep_scaling=4.0)
     lcm.set_timesteps(steps)
     queue = [torch.from_numpy(n) for n in noises]
     monkeypatch.setattr(diffusers.schedulers.scheduling_lcm, "randn_tensor", lambda *a, **k: queue.pop(0))

@@ -13,6 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from lora_fixtures import collapse_by_name, diffusers_unet, module_shapes, product_pair
+from support.hub import MS17B_SCHEDULER_CONFIG
 
 from t2vrt.cli import cli
 from t2vrt.lora.names import diffusers_module_order
@@ -20,16 +21,6 @@ from t2vrt.manifest import load_manifest
 
 diffusers = pytest.importorskip("diffusers")
 PROMPT = "a red fox running through snow"
-DDIM_CONFIG = {
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-}
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +88,7 @@ def _reference_frames(tiny_models, pairs: dict, tokens: np.ndarray, seed: int, s
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape, np.float32)
     noises = [torch.from_numpy(rng.standard_normal(shape).astype(np.float32)) for _ in range(3)]
-    sched = diffusers.LCMScheduler.from_config(DDIM_CONFIG, timestep_scaling=10.0)
+    sched = diffusers.LCMScheduler.from_config(MS17B_SCHEDULER_CONFIG, timestep_scaling=10.0)
     sched.set_timesteps(timesteps=[999, 759, 519, 279])
     wcond = torch.from_numpy(w_embedding(7.5)).float()[None]
     from unittest import mock

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from support.hub import MS17B_SCHEDULER_CONFIG
 
 from t2vrt.errors import UsageError
 from t2vrt.runtime import samplers
@@ -13,20 +14,6 @@ from t2vrt.runtime.samplers import sample
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
-# damo-vilab/text-to-video-ms-1.7b's scheduler/scheduler_config.json (written by diffusers 0.15: no timestep_spacing).
-HUB_CONFIG = {
-    "_class_name": "DDIMScheduler",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-}
 STEP_COUNTS = (50, 25, 20, 7, 1)
 SHAPE = (1, 4, 3, 5, 6)  # (b, c, f, h, w): the samplers must not care about rank
 
@@ -36,7 +23,7 @@ ACP = S.alphas_cumprod(S.scaled_linear_betas(0.00085, 0.012, 1000))
 
 
 def _ddim() -> diffusers.DDIMScheduler:
-    return diffusers.DDIMScheduler.from_config(HUB_CONFIG)
+    return diffusers.DDIMScheduler.from_config(MS17B_SCHEDULER_CONFIG)
 
 
 def _dpm() -> diffusers.DPMSolverMultistepScheduler:

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from support.hub import MS17B_SCHEDULER_CONFIG
 
 from t2vrt.errors import UsageError
 from t2vrt.runtime import schedulers as S
@@ -18,25 +19,12 @@ diffusers = pytest.importorskip("diffusers")
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 
-HUB_CONFIG = {  # damo-vilab/text-to-video-ms-1.7b's scheduler_config.json (as in test_schedulers.py)
-    "_class_name": "DDIMScheduler",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-}
 ACP = S.alphas_cumprod(S.scaled_linear_betas(0.00085, 0.012, 1000))
 SHAPE = (1, 4, 3, 5, 6)
 
 
 def _ddim():
-    return diffusers.DDIMScheduler.from_config(HUB_CONFIG)
+    return diffusers.DDIMScheduler.from_config(MS17B_SCHEDULER_CONFIG)
 
 
 def _dpm():
