@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from t2vrt.serve.process import ServerProcess, wait_for
+from t2vrt.serve.ray_cluster import LocalCluster
 
 Factory = Callable[..., ServerProcess]
 
@@ -64,3 +65,15 @@ def _wait_status(c: httpx.Client, video_id: str, statuses: tuple[str, ...], time
 def wait_status() -> Callable[..., dict]:
     """wait_status(client, id, ("completed", "failed"), timeout) -> the video object once its status is one of them."""
     return _wait_status
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    """A fresh local Ray cluster (two logical GPUs) per test module that asks for one: modules stay apart (a replica
+    killed in one never meets another's autoscaler)."""
+    c = LocalCluster(gpus=2, cpus=2, object_store_mb=100)
+    c.start(timeout=180)
+    try:
+        yield c
+    finally:
+        c.stop()

@@ -10,7 +10,6 @@ still over the target of 1): in 3 of 8 runs here Serve's autoscaler never added 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -23,16 +22,6 @@ pytest.importorskip("ray.serve", reason="the ray extra is not installed")
 from ray_helpers import autoscaler_lines, free_gpus, running_replicas, serve_state, submit, wait_all
 
 from t2vrt.serve.ray_cluster import LocalCluster
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    c = LocalCluster(gpus=2, cpus=2, object_store_mb=100)
-    c.start(timeout=180)
-    try:
-        yield c
-    finally:
-        c.stop()
 
 
 def test_autoscaling_between_bounds(cluster: LocalCluster, tiny_bundle: Path, tmp_path: Path) -> None:

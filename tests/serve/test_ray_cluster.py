@@ -28,16 +28,6 @@ from t2vrt.serve.ray_cluster import LocalCluster
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    c = LocalCluster(gpus=2, cpus=2, object_store_mb=100)
-    c.start(timeout=180)
-    try:
-        yield c
-    finally:
-        c.stop()
-
-
-@pytest.fixture(scope="module")
 def server(
     cluster: LocalCluster, tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
